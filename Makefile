@@ -1,0 +1,31 @@
+# Two commands set everything up on a machine with Python 3.11:
+#   make run   - create .venv, install, run the main job on the embedded default data
+#   make test  - create or update .venv with every extra, run the whole test suite
+# Both reinstall only when setup.cfg or pyproject.toml changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-all: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[nni,dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/python analysis/bench_layer.py --quick
+
+test: $(VENV)/.installed-all
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info

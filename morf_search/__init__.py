@@ -1,0 +1,13 @@
+"""morf-search: neural architecture search over Mixture-of-Receptive-Fields ConvNets."""
+from importlib.metadata import PackageNotFoundError, version
+
+from .deploy import DynamicMoRFConv2d
+from .experts import Expert
+from .layer import MoRFConv2d, morf_layers, total_balance_loss
+
+try:
+    __version__ = version("morf-search")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["DynamicMoRFConv2d", "Expert", "MoRFConv2d", "morf_layers", "total_balance_loss", "__version__"]

@@ -1,0 +1,55 @@
+"""Deploy form of an input-routed MoRF layer: the router and the padded bank of active experts.
+
+A static layer deploys to a plain ``nn.Conv2d``; soft and hard layers still choose their
+kernel per sample, so they keep a router and a bank already padded to one size, which
+makes inference a router pass, one small matrix product and one convolution.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .kernels import per_sample_conv2d
+from .routing import DYNAMIC_MODES, Router, check_top_k, dynamic_weights
+
+
+class DynamicMoRFConv2d(nn.Module):
+    """Per-sample convolution whose kernel is the router-weighted sum of a fixed bank.
+
+    The router's logits already include the training temperature, so routing here is
+    ``softmax(logits)`` (soft) or the renormalized top-k of it (hard).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, num_experts: int,
+                 routing: str, top_k: int = 1, stride: int = 1, groups: int = 1, bias: bool = True,
+                 router_hidden: int = 8, router_act: type = nn.ReLU, device=None, dtype=None):
+        super().__init__()
+        if routing not in DYNAMIC_MODES:
+            raise ValueError(f"routing: a dynamic deploy form routes 'soft' or 'hard', not {routing!r}")
+        if routing == "hard":
+            check_top_k(top_k, num_experts)
+        factory = dict(device=device, dtype=dtype)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.routing, self.top_k, self.stride, self.groups = routing, top_k, stride, groups
+        self.router = Router(in_channels, num_experts, router_hidden, router_act).to(**factory)
+        self.bank = nn.Parameter(torch.zeros(num_experts, out_channels, in_channels // groups,
+                                             kernel_size, kernel_size, **factory))
+        self.bias_bank = nn.Parameter(torch.zeros(num_experts, out_channels, **factory)) if bias else None
+
+    def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample expert weights (B, E), e.g. for routing statistics."""
+        return dynamic_weights(self.router(x), self.routing, self.top_k, tau=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_sample_conv2d(x, self.routing_weights(x), self.bank, self.bias_bank, self.stride, self.groups)
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"experts={self.bank.shape[0]}, routing={self.routing}")
+        if self.routing == "hard":
+            text += f", top_k={self.top_k}"
+        if self.stride != 1:
+            text += f", stride={self.stride}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text

@@ -1,0 +1,63 @@
+"""Pure tensor math behind MoRF: placing expert kernels on a common grid and mixing them.
+
+Convolution is linear in its weight, so ``sum_e w_e (K_e * x) == (sum_e w_e pad(K_e)) * x``
+where ``pad`` dilates a kernel and centres it in the largest active window. Everything
+here is differentiable and free of ``nn.Module`` state so the training form and the
+deploy form share one implementation.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .experts import Expert
+
+
+def place_kernel(weight: torch.Tensor, expert: Expert, size: int) -> torch.Tensor:
+    """Dilate ``weight`` (..., k, k) by the expert's dilation and centre it in a ``size`` window."""
+    span = expert.span
+    if size < span or (size - span) % 2:
+        raise ValueError(f"cannot centre a {span}x{span} kernel in a {size}x{size} window")
+    if expert.dilation > 1:
+        dilated = weight.new_zeros(*weight.shape[:-2], span, span)
+        dilated[..., :: expert.dilation, :: expert.dilation] = weight
+        weight = dilated
+    margin = (size - span) // 2
+    return F.pad(weight, (margin, margin, margin, margin)) if margin else weight
+
+
+def stack_kernels(weights: Sequence[torch.Tensor], experts: Sequence[Expert]) -> torch.Tensor:
+    """Stack expert kernels into one bank (E, out, in/groups, K, K), K the largest span."""
+    size = max(e.span for e in experts)
+    return torch.stack([place_kernel(w, e, size) for w, e in zip(weights, experts)])
+
+
+def mix_static(bank: torch.Tensor, bias_bank: Optional[torch.Tensor], mix: torch.Tensor):
+    """Merge a bank with per-expert, per-channel weights ``mix`` (E, out) into one kernel and bias."""
+    weight = (mix[:, :, None, None, None] * bank).sum(0)
+    bias = (mix * bias_bank).sum(0) if bias_bank is not None else None
+    return weight, bias
+
+
+def per_sample_conv2d(
+        x: torch.Tensor,
+        mix: torch.Tensor,
+        bank: torch.Tensor,
+        bias_bank: Optional[torch.Tensor],
+        stride: int,
+        groups: int,
+) -> torch.Tensor:
+    """One convolution with a different merged kernel per sample.
+
+    ``mix`` (B, E) weights the bank (E, out, in/groups, K, K); the batch is folded into the
+    channel axis so that ``groups * B`` groups run as a single ``conv2d`` call.
+    """
+    batch, channels, height, width = x.shape
+    num_experts, out_channels = bank.shape[:2]
+    kernel = torch.mm(mix, bank.reshape(num_experts, -1)).reshape(batch * out_channels, *bank.shape[2:])
+    bias = torch.mm(mix, bias_bank).reshape(-1) if bias_bank is not None else None
+    folded = x.reshape(1, batch * channels, height, width)
+    out = F.conv2d(folded, kernel, bias, stride, bank.shape[-1] // 2, 1, groups * batch)
+    return out.reshape(batch, out_channels, *out.shape[-2:])
