@@ -1,4 +1,8 @@
-"""The ``morf-search`` command line."""
+"""The ``morf-search`` command line.
+
+Errors in what the user gave (files, paths, arguments) are printed as one line each with
+exit status 2; nothing the user can cause ends in a traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,21 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
+from .errors import UserError
+
+
+def cmd_validate(args) -> int:
+    from .config import dump_space, load_space
+    from .space import SearchSpace
+
+    space_file = load_space(args.space)
+    space = SearchSpace(space_file)
+    print(f"# {args.space}: valid. Resolved configuration (defaults filled in):")
+    print(dump_space(space_file), end="")
+    print(f"# architectures in the space: {len(space):,}")
+    for line in space.describe():
+        print(f"#   {line}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="morf-search",
         description="Neural architecture search over Mixture-of-Receptive-Fields (MoRF) ConvNets.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a space file and show the space it defines")
+    validate.add_argument("space", help="space file (YAML)")
+    validate.set_defaults(handler=cmd_validate)
     return parser
 
 
@@ -23,4 +46,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    try:
+        return args.handler(args)
+    except UserError as err:
+        for line in err.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,19 +1,39 @@
-"""Latency measurement with torch.utils.benchmark.
+"""Latency you can trust: a measurement harness and a per-layer lookup-table predictor.
 
-Ratios are only meaningful when the things compared are timed side by side: candidates are
-measured in interleaved rounds (A, B, C, A, B, C, ...) so drifting clocks or a noisy
-neighbour hit all of them alike, and the median over rounds is reported with its spread.
+Measurements use torch.utils.benchmark on the deploy form (always re-parameterized first),
+with warm-up, a fixed thread count (set and restored), a stated batch size, input size,
+dtype, memory format and device, and CUDA synchronization. Each timing is repeated in
+rounds; the median and p90 are reported with the spread between rounds, and a measurement
+whose spread exceeds the bound is repeated and, if still noisy, flagged. Every result
+carries the environment (CPU/GPU model, torch version, threads) so numbers from different
+machines are never compared by accident.
+
+The predictor measures each distinct network unit (stem, each block configuration,
+downsampling layers, head) once, caches the table on disk keyed by machine, torch version
+and input shape, and predicts an arch as the sum of its units.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
+import os
 import platform
 import statistics
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
+from timm.utils import reparameterize_model
 from torch.utils.benchmark import Timer
+
+from .deploy import DynamicMoRFConv2d
+from .fileio import read_json, write_json
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -22,9 +42,59 @@ class Timing:
 
     median_ms: float
     p90_ms: float
-    spread: float  # (p90 - p10) / median: how much the rounds disagreed
+    spread: float  # (p90 - p10) / median over rounds: how much the rounds disagreed
     rounds: int
     calls_per_round: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LatencySetup:
+    """Everything a latency number depends on besides the network itself."""
+
+    input_size: Tuple[int, int, int] = (3, 224, 224)
+    batch_size: int = 1
+    device: str = "cpu"
+    threads: Optional[int] = None  # None: torch's current setting
+    dtype: str = "float32"
+    channels_last: bool = False
+    rounds: int = 15
+    max_spread: float = 0.25
+    round_seconds: float = 0.05
+    retries: int = 2
+
+    @classmethod
+    def from_config(cls, config, image_size: int) -> "LatencySetup":
+        """From a space file's ``latency`` section and the data's image size."""
+        device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
+        device = "cpu" if device == "auto" else device
+        return cls(input_size=(3, image_size, image_size), batch_size=config.batch_size, device=device,
+                   threads=config.threads, dtype=config.dtype, channels_last=config.channels_last,
+                   rounds=config.rounds, max_spread=config.max_spread)
+
+    def describe(self) -> str:
+        c, h, w = self.input_size
+        return (f"batch {self.batch_size}, {c}x{h}x{w}, {self.dtype}, "
+                f"{'channels_last' if self.channels_last else 'NCHW'}, {self.device}, {self.threads_used} threads")
+
+    @property
+    def threads_used(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+
+@dataclass
+class Measurement:
+    """A measured latency with the setup and environment it holds for."""
+
+    median_ms: float
+    p90_ms: float
+    spread: float
+    noisy: bool  # spread stayed above the bound after retries
+    attempts: int
+    setup: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,19 +114,15 @@ def cpu_model() -> str:
 def environment(device: torch.device | str = "cpu") -> dict:
     """What a latency number depends on, stored beside it so numbers from different machines never mix."""
     device = torch.device(device)
-    env = {
-        "cpu": cpu_model(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": device.type,
-    }
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "device": device.type}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
 
 
 @contextlib.contextmanager
-def thread_count(threads: int | None) -> Iterator[None]:
+def thread_count(threads: Optional[int]) -> Iterator[None]:
     """Fix torch's intra-op thread count for a measurement and restore it afterwards."""
     previous = torch.get_num_threads()
     if threads:
@@ -69,7 +135,11 @@ def thread_count(threads: int | None) -> Iterator[None]:
 
 def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: int = 15,
                       round_seconds: float = 0.05, warmup: int = 3) -> Dict[str, Timing]:
-    """Time each zero-argument callable in interleaved rounds; per-call medians and spreads."""
+    """Time zero-argument callables in interleaved rounds (A, B, C, A, B, C, ...).
+
+    Interleaving makes drifting clocks or a noisy neighbour hit every candidate alike, which
+    is what makes ratios between them meaningful.
+    """
     timers, numbers = {}, {}
     for name, fn in candidates.items():
         timer = Timer(stmt="fn()", globals={"fn": fn})
@@ -87,3 +157,120 @@ def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: in
         deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
         results[name] = Timing(median, deciles[-1], (deciles[-1] - deciles[0]) / median, rounds, numbers[name])
     return results
+
+
+def _prepare(module: nn.Module, setup: LatencySetup) -> nn.Module:
+    module = module.to(device=setup.device, dtype=DTYPES[setup.dtype]).eval()
+    return module.to(memory_format=torch.channels_last) if setup.channels_last else module
+
+
+def _example(shape: Sequence[int], setup: LatencySetup) -> torch.Tensor:
+    x = torch.randn(setup.batch_size, *shape, device=setup.device, dtype=DTYPES[setup.dtype])
+    return x.contiguous(memory_format=torch.channels_last) if setup.channels_last and x.dim() == 4 else x
+
+
+def _time_module(module: nn.Module, shape: Sequence[int], setup: LatencySetup) -> Measurement:
+    """Median latency of ``module`` on a random input of ``shape`` (batch from the setup)."""
+    x = _example(shape, setup)
+
+    def run():
+        with torch.inference_mode():
+            module(x)
+
+    with thread_count(setup.threads):
+        for attempt in range(1, setup.retries + 2):
+            timing = time_side_by_side({"m": run}, rounds=setup.rounds, round_seconds=setup.round_seconds)["m"]
+            if timing.spread <= setup.max_spread:
+                break
+        return Measurement(timing.median_ms, timing.p90_ms, timing.spread, timing.spread > setup.max_spread,
+                           attempt, asdict(setup), environment(setup.device))
+
+
+def measure(model: nn.Module, setup: LatencySetup) -> Measurement:
+    """Latency of a network's deploy form (re-parameterized here, on a copy, if it is not yet)."""
+    return _time_module(_prepare(reparameterize_model(model), setup), setup.input_size, setup)
+
+
+# -- lookup-table predictor -------------------------------------------------------------------
+
+def _conv_signature(module: nn.Module) -> Optional[str]:
+    if isinstance(module, DynamicMoRFConv2d):
+        top = f"/top{module.top_k}" if module.routing == "hard" else ""
+        return f"{module.routing}{module.kernel_size}x{module.bank.shape[0]}e{top}/g{module.groups}"
+    if isinstance(module, nn.Conv2d):
+        return f"conv{module.kernel_size[0]}x{module.kernel_size[1]}/s{module.stride[0]}/g{module.groups}"
+    return None
+
+
+def unit_key(name_kind: str, module: nn.Module, in_shape, out_shape) -> str:
+    """What decides a unit's latency: its type, shapes, convolutions and size."""
+    convs = ",".join(s for s in (_conv_signature(m) for m in module.modules()) if s)
+    params = sum(p.numel() for p in module.parameters())
+    return (f"{name_kind}:{type(module).__name__}:in{'x'.join(map(str, in_shape))}:"
+            f"out{'x'.join(map(str, out_shape))}:{convs}:p{params}")
+
+
+def _unit_shapes(model: nn.Module, modules: Sequence[nn.Module], input_size) -> List[Tuple[tuple, tuple]]:
+    """Input and output shape (without batch) of each module during one forward of ``model``."""
+    shapes = {}
+
+    def record(index):
+        def hook(module, args, output):
+            shapes.setdefault(index, (tuple(args[0].shape[1:]), tuple(output.shape[1:])))
+        return hook
+
+    hooks = [m.register_forward_hook(record(i)) for i, m in enumerate(modules)]
+    param = next(model.parameters())
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [shapes[i] for i in range(len(modules))]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MORF_SEARCH_CACHE", Path.home() / ".cache" / "morf-search"))
+
+
+class LatencyTable:
+    """Per-unit latencies on one machine and setup, cached on disk and reused across runs."""
+
+    def __init__(self, setup: LatencySetup, cache_dir: Optional[Path] = None):
+        self.setup = setup
+        self.environment = environment(setup.device)
+        key_source = json.dumps({"env": {k: v for k, v in self.environment.items() if k != "threads"},
+                                 "setup": {k: v for k, v in asdict(setup).items()
+                                           if k in ("input_size", "batch_size", "device", "dtype", "channels_last")},
+                                 "threads": setup.threads_used}, sort_keys=True)
+        digest = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+        self.path = Path(cache_dir or default_cache_dir()) / "latency" / f"lut-{digest}.json"
+        self.entries: Dict[str, float] = {}
+        if self.path.is_file():
+            try:
+                self.entries = dict(read_json(self.path).get("entries", {}))
+            except Exception:  # an unreadable cache is only lost time: rebuild it
+                self.entries = {}
+        self.measured = 0
+
+    def save(self) -> None:
+        write_json(self.path, {"environment": self.environment, "setup": asdict(self.setup), "entries": self.entries})
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted latency (ms) of a deployed MoRF model: the sum of its units, measuring unknown ones."""
+        units = [(kind, m) for kind, m in model.latency_units() if not isinstance(m, nn.Identity)]
+        total, added = 0.0, False
+        shapes = _unit_shapes(model, [m for _, m in units], self.setup.input_size)
+        for (kind, module), (in_shape, out_shape) in zip(units, shapes):
+            key = unit_key(kind, module, in_shape, out_shape)
+            if key not in self.entries:
+                probe = _prepare(copy.deepcopy(module), self.setup)
+                self.entries[key] = _time_module(probe, in_shape, self.setup).median_ms
+                self.measured += 1
+                added = True
+            total += self.entries[key]
+        if added:
+            self.save()
+        return total
+

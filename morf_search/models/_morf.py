@@ -1,7 +1,7 @@
 """What MoRF-ConvNeXt and MoRF-ResNet share: swapping timm convs for MoRF layers per stage."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from timm.utils import reparameterize_model
@@ -27,6 +27,13 @@ class MoRFModelMixin:
     arch: Arch
 
     def stage_modules(self) -> List[nn.Module]:
+        raise NotImplementedError
+
+    def latency_units(self) -> List[Tuple[str, nn.Module]]:
+        """``(kind, module)`` in execution order whose forwards together make the network's.
+
+        The latency predictor times each distinct unit once and sums them per arch.
+        """
         raise NotImplementedError
 
     def set_arch(self, arch) -> None:

@@ -53,6 +53,13 @@ class MoRFConvNeXt(MoRFModelMixin, ConvNeXt):
     def stage_modules(self):
         return list(self.stages)
 
+    def latency_units(self):
+        units = [("stem", self.stem)]
+        for stage in self.stages:
+            units.append(("downsample", stage.downsample))
+            units.extend(("block", block) for block in stage.blocks)
+        return units + [("norm", self.norm_pre), ("head", self.head)]
+
 
 def to_plain_convnext(model: MoRFConvNeXt) -> ConvNeXt:
     """The plain timm ConvNeXt equal to an all-static MoRF-ConvNeXt (deployed or not).

@@ -50,6 +50,11 @@ class MoRFResNet(MoRFModelMixin, ResNet):
     def stage_modules(self):
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.arch))]
 
+    def latency_units(self):
+        units = [("stem", m) for m in (self.conv1, self.bn1, self.act1, self.maxpool)]
+        units.extend(("block", block) for stage in self.stage_modules() for block in stage)
+        return units + [("pool", self.global_pool), ("head", self.fc)]
+
     def _keep_input_resolution(self, in_chans: int) -> None:
         stem_width = self.bn1.num_features
         self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
