@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
@@ -27,6 +28,15 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .run import run_command
+
+    run = run_command(Path(args.space), name=args.name, engine=args.engine, address=args.address,
+                      resume=args.resume, trials=args.trials, seed=args.seed, runs_root=Path(args.runs))
+    print(run.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="morf-search",
@@ -37,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a space file and show the space it defines")
     validate.add_argument("space", help="space file (YAML)")
     validate.set_defaults(handler=cmd_validate)
+
+    run = commands.add_parser(
+        "run", help="train the supernet, search, and build the Pareto front (and finalists, report)",
+        description="Run a search end to end into runs/NAME; --resume continues a stopped or killed run.")
+    run.add_argument("space", help="space file (YAML)")
+    run.add_argument("--name", help="run name (default: the space's name, else the file name)")
+    run.add_argument("--engine", choices=["ray", "nni"], help="override the space's search engine")
+    run.add_argument("--address", help="join an existing Ray cluster: auto, host:port or ray://host:port")
+    run.add_argument("--resume", action="store_true", help="continue an existing run where it stopped")
+    run.add_argument("--trials", type=int, help="override the number of trials")
+    run.add_argument("--seed", type=int, help="override the seed")
+    run.add_argument("--runs", default="runs", help="directory holding runs (default: runs)")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

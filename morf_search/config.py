@@ -57,7 +57,9 @@ class ModelConfig(_Section):
 
     @property
     def timm_name(self) -> str:
-        return f"morf_convnext_{self.size}" if self.family == "convnext" else f"morf_resnet{self.size}"
+        if self.family == "convnext":
+            return f"morf_convnext_{self.size}"
+        return f"morf_resnet{self.size}" if self.size.isdigit() else f"morf_resnet_{self.size}"
 
     def timm_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``timm.create_model(self.timm_name, ...)`` besides arch/num_classes."""

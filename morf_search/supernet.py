@@ -1,0 +1,56 @@
+"""SuperNet: one MoRF model whose layers hold every candidate expert of a search space.
+
+``activate(arch)`` selects, per stage, the arch's experts and routing mode; every sub-arch
+therefore inherits the shared weights. Training samples archs per step, uniformly or by
+the sandwich rule (largest, smallest and a random arch every step).
+"""
+from __future__ import annotations
+
+import random
+from typing import List
+
+import timm
+import torch
+import torch.nn as nn
+
+from .arch import Arch
+from .errors import UserError
+from .space import SearchSpace
+
+
+class SuperNet:
+    """A search space's weight-sharing model and the rules for walking its sub-archs."""
+
+    def __init__(self, space: SearchSpace, num_classes: int, device: torch.device = torch.device("cpu")):
+        config = space.config
+        self.space = space
+        self.model: nn.Module = timm.create_model(
+            config.model.timm_name, arch=space.supernet_arch, routings=space.routings, num_classes=num_classes,
+            tau=config.supernet.tau, gumbel=config.supernet.gumbel, **config.model.timm_kwargs()).to(device)
+        self._check_input_size(config.data.image_size, device)
+
+    def _check_input_size(self, image_size: int, device: torch.device) -> None:
+        """Fail early, and clearly, when the images are too small for the network's downsampling."""
+        try:
+            with torch.no_grad():
+                self.model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+        except RuntimeError as err:
+            raise UserError(f"data.image_size: {image_size} px images are too small for "
+                            f"{self.space.config.model.timm_name} with these model args ({err})") from None
+
+    @property
+    def family(self) -> str:
+        return self.space.config.model.family
+
+    def activate(self, arch: Arch) -> nn.Module:
+        """Switch the shared model to ``arch`` (which must belong to the space) and return it."""
+        if arch not in self.space:
+            raise ValueError(f"arch {arch}: not in this search space")
+        self.model.set_arch(arch)
+        return self.model
+
+    def sample(self, rng: random.Random, rule: str = "uniform") -> List[Arch]:
+        """The archs one training step trains: one uniform sample, or the sandwich's three."""
+        if rule == "sandwich":
+            return [self.space.largest(), self.space.smallest(), self.space.sample(rng)]
+        return [self.space.sample(rng)]
