@@ -1,6 +1,6 @@
 # Two commands set everything up on a machine with Python 3.11:
 #   make run   - create .venv, install, run the main job on the embedded default data
-#   make test  - create or update .venv with every extra, run the whole test suite
+#   make test  - create or update .venv with every extra (nni, onnx, dev), run the whole test suite
 # Both reinstall only when setup.cfg or pyproject.toml changed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-all: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[nni,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[nni,onnx,dev]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

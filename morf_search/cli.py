@@ -37,6 +37,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .arch import Arch
+    from .finalists import Finalizer, select_finalists
+    from .rundir import RunDir
+    from .trials import TrialLog
+
+    run = RunDir.open(Path(args.run_dir))
+    if args.arch:
+        archs = [Arch.parse(args.arch)]
+    else:
+        archs = [Arch.parse(a) for a in select_finalists(TrialLog(run.trials_csv).frame(), run.load_space())["arch"]]
+    finalizer = Finalizer(run)
+    for arch in archs:
+        if arch not in finalizer.space:
+            raise UserError(f"--arch {arch}: not in the run's search space")
+        row = finalizer.finalize(arch, epochs=args.epochs, onnx=args.onnx)
+        print(run.path / row["export"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="morf-search",
@@ -60,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the seed")
     run.add_argument("--runs", default="runs", help="directory holding runs (default: runs)")
     run.set_defaults(handler=cmd_run)
+
+    export = commands.add_parser(
+        "export", help="fine-tune, re-parameterize, verify and export archs of a run as timm models",
+        description="Without --arch: the run's finalists. With --arch: any candidate of the run's space.")
+    export.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    export.add_argument("--arch", help="arch string to export (default: the finalists)")
+    export.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the space's finalists.epochs)")
+    export.add_argument("--onnx", action="store_true", help="also write model.onnx of the deploy form")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -186,9 +186,14 @@ def _time_module(module: nn.Module, shape: Sequence[int], setup: LatencySetup) -
                            attempt, asdict(setup), environment(setup.device))
 
 
-def measure(model: nn.Module, setup: LatencySetup) -> Measurement:
-    """Latency of a network's deploy form (re-parameterized here, on a copy, if it is not yet)."""
-    return _time_module(_prepare(reparameterize_model(model), setup), setup.input_size, setup)
+def measure(model: nn.Module, setup: LatencySetup, deploy: bool = True) -> Measurement:
+    """Latency of a network's deploy form (re-parameterized here, on a copy, if it is not yet).
+
+    ``deploy=False`` times the network as given, e.g. a training form to show what
+    re-parameterization saves.
+    """
+    model = reparameterize_model(model) if deploy else copy.deepcopy(model)
+    return _time_module(_prepare(model, setup), setup.input_size, setup)
 
 
 # -- lookup-table predictor -------------------------------------------------------------------

@@ -172,6 +172,32 @@ class MoRFConv2d(nn.Module):
         mix = dynamic_weights(logits, self.routing, self.top_k, self.tau)
         return per_sample_conv2d(x, mix, bank, bias_bank, self.stride, self.groups)
 
+    @torch.no_grad()
+    def extract_active(self) -> "MoRFConv2d":
+        """A training-form layer holding only the active experts and the current routing.
+
+        It inherits this layer's weights (experts, biases, the active rows of the static
+        logits and of the router's last layer), so a supernet's sub-arch can be fine-tuned
+        on its own and loads into ``create_model(..., arch=...)`` strictly.
+        """
+        weight = self.weights[0]
+        layer = MoRFConv2d(
+            self.in_channels, self.out_channels, self.active_experts, self.routing, stride=self.stride,
+            groups=self.groups, top_k=self.top_k, bias=self.biases is not None, tau=self.tau, gumbel=self.gumbel,
+            router_reduction=self.router_reduction, router_act=self.router_act).to(weight.device, weight.dtype)
+        for slot, i in enumerate(self.active):
+            layer.weights[slot].copy_(self.weights[i])
+            if self.biases is not None:
+                layer.biases[slot].copy_(self.biases[i])
+        index = list(self.active)
+        if layer.static_logits is not None:
+            layer.static_logits.copy_(self.static_logits[index])
+        if layer.router is not None:
+            layer.router.fc1.load_state_dict(self.router.fc1.state_dict())
+            layer.router.fc2.weight.copy_(self.router.fc2.weight[index])
+            layer.router.fc2.bias.copy_(self.router.fc2.bias[index])
+        return layer.train(self.training)
+
     # -- deploy -----------------------------------------------------------------------------
     @torch.no_grad()
     def fuse(self) -> nn.Module:

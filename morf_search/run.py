@@ -20,6 +20,7 @@ from .device import resolve_device
 from .engines import get_engine
 from .errors import UserError
 from .evaluate import cache_batches, top1_accuracy
+from .finalists import run_finalists
 from .fileio import atomic_write
 from .pareto import pareto_front
 from .progress import say
@@ -111,6 +112,8 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
             run.record_files(run.path / "supernet.safetensors")
         _phase(run, "search", lambda: _search_phase(run, config, space, resume, address))
         _phase(run, "pareto", lambda: _pareto_phase(run, config))
+        if config.finalists.top_k or config.finalists.latency_budgets:
+            _phase(run, "finalists", lambda: run_finalists(run))
     except KeyboardInterrupt:
         say(f"stopped; continue with: morf-search run {space_path} --name {run.path.name} --resume")
         raise

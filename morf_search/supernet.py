@@ -6,6 +6,7 @@ the sandwich rule (largest, smallest and a random arch every step).
 """
 from __future__ import annotations
 
+import copy
 import random
 from typing import List
 
@@ -15,6 +16,7 @@ import torch.nn as nn
 
 from .arch import Arch
 from .errors import UserError
+from .layer import MoRFConv2d
 from .space import SearchSpace
 
 
@@ -48,6 +50,21 @@ class SuperNet:
             raise ValueError(f"arch {arch}: not in this search space")
         self.model.set_arch(arch)
         return self.model
+
+    def extract(self, arch: Arch) -> nn.Module:
+        """A standalone training-form model of ``arch`` that inherits the supernet's weights.
+
+        Its state dict loads strictly into ``timm.create_model(name, arch=arch)``; used to
+        fine-tune finalists from where the supernet left them.
+        """
+        self.activate(arch)
+        model = copy.deepcopy(self.model)
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, MoRFConv2d):
+                    setattr(parent, name, child.extract_active())
+        model.arch = arch
+        return model
 
     def sample(self, rng: random.Random, rule: str = "uniform") -> List[Arch]:
         """The archs one training step trains: one uniform sample, or the sandwich's three."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -39,7 +40,8 @@ class MoRFConvNeXt(MoRFModelMixin, ConvNeXt):
         if "kernel_sizes" in kwargs:
             raise ValueError("kernel_sizes: a MoRF model takes its per-stage kernels from arch=")
         self.arch = Arch.coerce(arch or DEFAULT_ARCH, num_stages=4)
-        self.plain_args = {**kwargs, "kernel_sizes": tuple(s.kernel_size for s in self.arch.stages)}
+        # everything timm's own ConvNeXt needs to rebuild this network's deploy form
+        self.plain_args = {"conv_mlp": False, **kwargs, "kernel_sizes": tuple(s.kernel_size for s in self.arch.stages)}
         super().__init__(**self.plain_args)
         act_layer = get_act_layer(kwargs.get("act_layer", "gelu"))
         for stage, spec in zip(self.stages, self.arch.stages):
@@ -61,25 +63,28 @@ class MoRFConvNeXt(MoRFModelMixin, ConvNeXt):
         return units + [("norm", self.norm_pre), ("head", self.head)]
 
 
+def plain_convnext_name(model: MoRFConvNeXt) -> str:
+    """The timm ConvNeXt entrypoint to rebuild ``model`` with: its size's, else any (all args are explicit)."""
+    name = model.pretrained_cfg.get("architecture", "").replace("morf_", "", 1)
+    return name if timm.is_model(name) else "convnext_atto"
+
+
 def to_plain_convnext(model: MoRFConvNeXt) -> ConvNeXt:
     """The plain timm ConvNeXt equal to an all-static MoRF-ConvNeXt (deployed or not).
 
-    Static stages deploy to ordinary depthwise convs, so timm's own class with per-stage
+    Static stages deploy to ordinary depthwise convs, so timm's own model with per-stage
     ``kernel_sizes`` loads the deploy weights strictly: users can run it without morf_search.
     """
     if not model.arch.is_static:
         raise ValueError(f"arch {model.arch}: only all-static archs have a plain ConvNeXt form")
-    plain = ConvNeXt(**model.plain_args)
+    plain = timm.create_model(plain_convnext_name(model), **model.plain_args)
     plain.load_state_dict(reparameterize_model(model).state_dict(), strict=True)
-    plain.pretrained_cfg = dict(model.pretrained_cfg)
     return plain.train(model.training)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
-    if pretrained:
-        raise ValueError(f"{variant}: there are no pretrained MoRF weights; train one with morf-search")
     return build_model_with_cfg(
-        MoRFConvNeXt, variant, pretrained=False,
+        MoRFConvNeXt, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
 
 

@@ -65,9 +65,7 @@ class MoRFResNet(MoRFModelMixin, ResNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> MoRFResNet:
-    if pretrained:
-        raise ValueError(f"{variant}: there are no pretrained MoRF weights; train one with morf-search")
-    return build_model_with_cfg(MoRFResNet, variant, pretrained=False, **kwargs)
+    return build_model_with_cfg(MoRFResNet, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs):
