@@ -57,6 +57,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from .bench import bench, format_table
+
+    result = bench(args.model, arch=args.arch, run_dir=args.run, batch_size=args.batch_size,
+                   image_size=args.image_size, threads=args.threads, device=args.device,
+                   channels_last=args.channels_last, dtype=args.dtype, rounds=args.rounds)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .rundir import RunDir
+
+    print(write_report(RunDir.open(Path(args.run_dir))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="morf-search",
@@ -89,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the space's finalists.epochs)")
     export.add_argument("--onnx", action="store_true", help="also write model.onnx of the deploy form")
     export.set_defaults(handler=cmd_export)
+
+    bench = commands.add_parser(
+        "bench", help="latency, params and FLOPs of a model's training and deploy forms",
+        description="MODEL: a timm name (MoRF names take --arch), an export directory, or an arch string with --run.")
+    bench.add_argument("model")
+    bench.add_argument("--arch", help="arch string for a MoRF timm model")
+    bench.add_argument("--run", help="run directory whose base model an arch string uses")
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--image-size", type=int, help="default: the model's input size")
+    bench.add_argument("--threads", type=int, help="default: torch's current thread count")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--channels-last", action="store_true")
+    bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    bench.add_argument("--rounds", type=int, default=15)
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.set_defaults(handler=cmd_bench)
+
+    report = commands.add_parser("report", help="write a run's plots and report.md (also done at the end of run)")
+    report.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

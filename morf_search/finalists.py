@@ -22,10 +22,11 @@ from .data import load_splits, make_loader
 from .device import resolve_device
 from .evaluate import OneShotEvaluator, cache_batches, recalibrate_batchnorm, top1_accuracy
 from .export import build_deploy_model, export_model, exportable, model_card
-from .fileio import atomic_write, load_weights
+from .fileio import atomic_write, load_weights, write_json
 from .latency import LatencySetup, measure
 from .pareto import feasible, pareto_front
 from .progress import say
+from .routing_stats import routing_statistics
 from .rundir import RunDir
 from .search import build_model
 from .space import SearchSpace
@@ -108,6 +109,8 @@ class Finalizer:
             max_abs_diff = float((exportable(deployed, config)(images) - model(images)).abs().max())
         train_latency = measure(model, self.setup, deploy=False)
         deploy_latency = measure(deployed, self.setup)
+        routing = routing_statistics(deployed, self.val, self.num_classes, self.device)
+        write_json(work / "routing.json", routing)
         params = count_params(deployed)
         flops = count_flops(deployed, (3, config.data.image_size, config.data.image_size))
         facts = {

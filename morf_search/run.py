@@ -23,13 +23,15 @@ from .evaluate import cache_batches, top1_accuracy
 from .finalists import run_finalists
 from .fileio import atomic_write
 from .pareto import pareto_front
+from .latency import LatencySetup, environment, thread_count
 from .progress import say
 from .rundir import RunDir
-from .search import warm_latency_table
+from .report import references_csv, write_report
+from .search import runner_for, warm_latency_table
 from .space import SearchSpace
 from .supernet import SuperNet
 from .train import Checkpoint, fit
-from .trials import TrialLog
+from .trials import TrialLog, make_row
 
 
 def _with_overrides(space: SpaceFile, engine: Optional[str], trials: Optional[int], seed: Optional[int]) -> SpaceFile:
@@ -103,6 +105,9 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
                             command=shlex.join(["morf-search", *sys.argv[1:]]))
         atomic_write(run.space_file, lambda tmp: tmp.write_text(
             f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)))
+        setup = LatencySetup.from_config(config.latency, config.data.image_size)
+        with thread_count(setup.threads):
+            run.update_manifest(environment=environment(setup.device))
     say(f"run {run.path}: {config.model.timm_name}, {config.search.engine}/{config.search.algorithm}, "
         f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
     space = SearchSpace(config)
@@ -114,6 +119,7 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
         _phase(run, "pareto", lambda: _pareto_phase(run, config))
         if config.finalists.top_k or config.finalists.latency_budgets:
             _phase(run, "finalists", lambda: run_finalists(run))
+        _phase(run, "report", lambda: say(f"report: {write_report(run)}"))
     except KeyboardInterrupt:
         say(f"stopped; continue with: morf-search run {space_path} --name {run.path.name} --resume")
         raise
@@ -121,8 +127,9 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
 
 
 def _search_phase(run: RunDir, config: SpaceFile, space: SearchSpace, resume: bool, address: Optional[str]) -> None:
-    splits_classes = config.model.num_classes or len(load_splits(config.data).classes)
-    measured = warm_latency_table(config, space, splits_classes, cache_dir=None)
+    classes = load_splits(config.data).classes
+    run.update_manifest(classes=classes)
+    measured = warm_latency_table(config, space, config.model.num_classes or len(classes), cache_dir=None)
     if measured:
         say(f"latency table: measured {measured} new unit configurations")
     get_engine(config.search.engine).search(run, space, config.search.num_trials, config.search.seed or config.seed,
@@ -131,6 +138,28 @@ def _search_phase(run: RunDir, config: SpaceFile, space: SearchSpace, resume: bo
     run.record_files(run.trials_csv)
     if recorded < config.search.num_trials:
         raise KeyboardInterrupt  # the engine stopped early (Ctrl-C reaches Ray first)
+    evaluate_references(run, space)
+
+
+def evaluate_references(run: RunDir, space: SearchSpace) -> None:
+    """Score the space's single-receptive-field archs (k3 everywhere, k5 everywhere, ...) for comparison."""
+    references = space.single_field_references()
+    if not references:
+        return
+    runner = runner_for(run.path)
+    log = TrialLog(references_csv(run))
+    done = set(log.frame().get("arch", []))
+    for arch in references:
+        if str(arch) in done:
+            continue
+        started = time.perf_counter()
+        if runner.config.search.evaluation == "standalone":
+            metrics, status, message = runner.standalone(arch, report=lambda metrics: None)
+        else:
+            metrics, status, message = runner.oneshot(arch)
+        log.append(make_row(f"reference-{arch}", arch, metrics, status, message, time.perf_counter() - started,
+                            "reference"))
+    say(f"references: {', '.join(str(a.stages[0]) + ' everywhere' for a in references)}")
 
 
 def _pareto_phase(run: RunDir, config: SpaceFile) -> None:

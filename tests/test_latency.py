@@ -1,0 +1,107 @@
+"""Latency harness and lookup-table predictor: behaviour, not speed (speed lives in analysis/)."""
+import json
+import time
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import morf_search  # noqa: F401
+from morf_search import MoRFConv2d
+from morf_search.cli import main
+from morf_search.latency import LatencySetup, LatencyTable, measure
+from timm.utils import reparameterize_model
+
+SMALL = dict(arch="k3.5-soft_k3.5-static_k3-static_k3-static", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+SETUP = LatencySetup(input_size=(3, 16, 16), rounds=3, round_seconds=0.005)
+
+
+class ThreadSpy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        self.seen.add(torch.get_num_threads())
+        return self.conv(x)
+
+
+def test_measurement_records_setup_environment_and_restores_threads():
+    spy = ThreadSpy()
+    before = torch.get_num_threads()
+    result = measure(spy, LatencySetup(input_size=(3, 8, 8), threads=1, rounds=3, round_seconds=0.005), deploy=False)
+    assert torch.get_num_threads() == before
+    assert result.median_ms > 0 and result.p90_ms >= result.median_ms * 0.5 and result.spread >= 0
+    assert result.setup["threads"] == 1 and result.setup["batch_size"] == 1
+    assert {"cpu", "torch", "threads", "device"} <= set(result.environment)
+
+
+def test_measure_times_the_deploy_form_without_touching_the_model(monkeypatch):
+    import morf_search.latency as latency
+
+    model = timm.create_model("morf_convnext_cifar", **SMALL).eval()
+    timed = []
+    monkeypatch.setattr(latency, "_time_module", lambda module, shape, setup: timed.append(module) or "ok")
+    measure(model, SETUP)
+    measure(model, SETUP, deploy=False)
+    assert not any(isinstance(m, MoRFConv2d) for m in timed[0].modules())
+    assert any(isinstance(m, MoRFConv2d) for m in timed[1].modules())
+    assert any(isinstance(m, MoRFConv2d) for m in model.modules()), "the caller's model must stay as it was"
+
+
+class Jittery(nn.Module):
+    """Takes 1 ms, or 4 ms in every other 10 ms window, so timing rounds disagree wildly."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        time.sleep(0.004 if int(time.perf_counter() / 0.01) % 2 else 0.001)
+        return x
+
+
+def test_noisy_measurements_are_retried_then_flagged():
+    setup = LatencySetup(input_size=(1, 2, 2), rounds=10, round_seconds=0.002, max_spread=0.05, retries=1)
+    result = measure(Jittery(), setup, deploy=False)
+    assert result.noisy and result.attempts == 2
+    steady = measure(nn.Conv2d(1, 1, 1), LatencySetup(input_size=(1, 2, 2), rounds=3, max_spread=100.0), deploy=False)
+    assert not steady.noisy and steady.attempts == 1
+
+
+def test_lookup_table_measures_each_unit_once_and_is_reused_from_disk(tmp_path):
+    deployed = reparameterize_model(timm.create_model("morf_convnext_cifar", **SMALL).eval())
+    table = LatencyTable(SETUP, cache_dir=tmp_path)
+    first = table.predict(deployed)
+    units = table.measured
+    assert first > 0 and units == len(table.entries) > 4
+    assert table.predict(deployed) == first and table.measured == units, "a known arch must not be re-measured"
+    other = reparameterize_model(timm.create_model(
+        "morf_convnext_cifar", **{**SMALL, "arch": "k3.5-soft_k3-static_k3-static_k3-static"}).eval())
+    table.predict(other)
+    assert table.measured == units + 1, "only the changed stage's block is new"
+
+    reloaded = LatencyTable(SETUP, cache_dir=tmp_path)
+    assert reloaded.predict(deployed) == first and reloaded.measured == 0
+    stored = json.loads(reloaded.path.read_text())
+    assert stored["environment"]["torch"] == torch.__version__ and stored["setup"]["input_size"] == [3, 16, 16]
+
+    batch4 = LatencyTable(LatencySetup(input_size=(3, 16, 16), batch_size=4, rounds=3), cache_dir=tmp_path)
+    assert batch4.path != reloaded.path and not batch4.entries, "tables are keyed by input shape"
+    reloaded.path.write_text("{ truncated")
+    assert LatencyTable(SETUP, cache_dir=tmp_path).entries == {}, "a corrupt cache is rebuilt, not fatal"
+
+
+def test_bench_command_prints_both_forms_as_table_and_json(capsys):
+    assert main(["bench", "morf_convnext_cifar", "--arch", "k3.5-soft_k3-static_k3-static_k3-static",
+                 "--image-size", "16", "--rounds", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "train" in table and "deploy" in table and "median ms" in table and "3x16x16" in table
+    assert main(["bench", "resnet18", "--image-size", "32", "--rounds", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["forms"]) == {"deploy"} and result["forms"]["deploy"]["params"] == 11689512
+    assert main(["bench", "k3-static_k3-static_k3-static_k3-static"]) == 2
+    assert "needs --run" in capsys.readouterr().err
+    assert main(["bench", "no_such_model"]) == 2
