@@ -101,3 +101,16 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "space.kernels: kernel size 2" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["quickstart", "convnext_cifar", "resnet_cifar", "convnext_imagenet"])
+def test_shipped_spaces_are_valid(name, tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "search_spaces" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    if data["data"]["dataset"] != "embedded":  # templates point at the user's data; any existing path will do
+        kind = data["data"]["dataset"].partition(":")[0]
+        data["data"]["dataset"] = f"{kind}:{tmp_path}"
+    space = SearchSpace(parse_space(data, str(path)))
+    assert len(space) > 100 and "#" in path.read_text(), "shipped spaces are commented and searchable"
