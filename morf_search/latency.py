@@ -240,7 +240,13 @@ def default_cache_dir() -> Path:
 
 
 class LatencyTable:
-    """Per-unit latencies on one machine and setup, cached on disk and reused across runs."""
+    """Per-unit latencies on one machine and setup, cached on disk and reused across runs.
+
+    The sum of separately timed units misses what happens between them (Python dispatch,
+    memory traffic between layers), so each network structure (its arch-independent units)
+    also gets a linear calibration ``measured = scale * sum + offset`` fitted on a few whole
+    networks measured end to end.
+    """
 
     def __init__(self, setup: LatencySetup, cache_dir: Optional[Path] = None):
         self.setup = setup
@@ -252,23 +258,35 @@ class LatencyTable:
         digest = hashlib.sha256(key_source.encode()).hexdigest()[:16]
         self.path = Path(cache_dir or default_cache_dir()) / "latency" / f"lut-{digest}.json"
         self.entries: Dict[str, float] = {}
+        self.calibrations: Dict[str, Tuple[float, float]] = {}
         if self.path.is_file():
             try:
-                self.entries = dict(read_json(self.path).get("entries", {}))
+                stored = read_json(self.path)
+                self.entries = dict(stored.get("entries", {}))
+                self.calibrations = {k: tuple(v) for k, v in stored.get("calibrations", {}).items()}
             except Exception:  # an unreadable cache is only lost time: rebuild it
-                self.entries = {}
+                self.entries, self.calibrations = {}, {}
         self.measured = 0
 
     def save(self) -> None:
-        write_json(self.path, {"environment": self.environment, "setup": asdict(self.setup), "entries": self.entries})
+        write_json(self.path, {"environment": self.environment, "setup": asdict(self.setup),
+                               "entries": self.entries, "calibrations": self.calibrations})
 
-    def predict(self, model: nn.Module) -> float:
-        """Predicted latency (ms) of a deployed MoRF model: the sum of its units, measuring unknown ones."""
+    def _units(self, model: nn.Module) -> List[Tuple[str, str, nn.Module, tuple]]:
+        """(kind, key, module, input shape) of every non-trivial unit of a deployed MoRF model."""
         units = [(kind, m) for kind, m in model.latency_units() if not isinstance(m, nn.Identity)]
-        total, added = 0.0, False
         shapes = _unit_shapes(model, [m for _, m in units], self.setup.input_size)
-        for (kind, module), (in_shape, out_shape) in zip(units, shapes):
-            key = unit_key(kind, module, in_shape, out_shape)
+        return [(kind, unit_key(kind, module, i, o), module, i) for (kind, module), (i, o) in zip(units, shapes)]
+
+    @staticmethod
+    def _structure(units) -> str:
+        """What stays fixed across the archs of one network: every unit but the blocks."""
+        return hashlib.sha256("|".join(key for kind, key, _, _ in units if kind != "block").encode()).hexdigest()[:16]
+
+    def unit_sum(self, model: nn.Module) -> float:
+        """Sum of the units' latencies (ms), measuring the ones not yet in the table."""
+        total, added = 0.0, False
+        for _, key, module, in_shape in self._units(model):
             if key not in self.entries:
                 probe = _prepare(copy.deepcopy(module), self.setup)
                 self.entries[key] = _time_module(probe, in_shape, self.setup).median_ms
@@ -279,3 +297,28 @@ class LatencyTable:
             self.save()
         return total
 
+    def predict(self, model: nn.Module) -> float:
+        """Predicted latency (ms) of a deployed MoRF model: its calibrated unit sum."""
+        total = self.unit_sum(model)
+        scale, offset = self.calibrations.get(self._structure(self._units(model)), (1.0, 0.0))
+        return scale * total + offset
+
+    def calibrated(self, model: nn.Module) -> bool:
+        return self._structure(self._units(model)) in self.calibrations
+
+    def calibrate(self, models: Sequence[nn.Module]) -> Tuple[float, float]:
+        """Fit and store this structure's calibration from whole-network measurements of ``models``."""
+        sums = [self.unit_sum(m) for m in models]
+        measured = [measure(m, self.setup).median_ms for m in models]
+        if len(models) >= 3 and max(sums) > min(sums) * 1.05:
+            mean_x, mean_y = statistics.fmean(sums), statistics.fmean(measured)
+            scale = (sum((x - mean_x) * (y - mean_y) for x, y in zip(sums, measured))
+                     / sum((x - mean_x) ** 2 for x in sums))
+            offset = mean_y - scale * mean_x
+        else:  # too few or too similar networks to fit a slope: correct the ratio only
+            scale, offset = statistics.median(y / x for x, y in zip(sums, measured)), 0.0
+        if scale <= 0:
+            scale, offset = statistics.median(y / x for x, y in zip(sums, measured)), 0.0
+        self.calibrations[self._structure(self._units(models[0]))] = (scale, offset)
+        self.save()
+        return scale, offset

@@ -53,20 +53,29 @@ def build_model(config: SpaceFile, arch: Arch, num_classes: int, **kwargs) -> to
                              tau=config.supernet.tau, **config.model.timm_kwargs(), **kwargs)
 
 
-def warm_latency_table(config: SpaceFile, space: SearchSpace, num_classes: int, cache_dir: Optional[Path]) -> int:
+def warm_latency_table(config: SpaceFile, space: SearchSpace, num_classes: int, cache_dir: Optional[Path],
+                       calibration_archs: int = 4) -> int:
     """Measure every unit configuration the space can produce before trials run in parallel.
 
     Units timed while other trials compute would be noisy; walking archs that together use
-    every stage choice fills the lookup table up front. Returns the units measured.
+    every stage choice fills the lookup table up front. A few of those archs, from the
+    cheapest to the most expensive, are also measured whole to calibrate the table.
+    Returns the units measured.
     """
     if config.latency.mode != "predict":
         return 0
     setup = LatencySetup.from_config(config.latency, config.data.image_size)
     table = LatencyTable(setup, cache_dir)
     longest = max(len(choices) for choices in space.stages)
+    models = []
     for index in bar(range(longest), longest, "latency table"):
         arch = Arch(tuple(choices[index % len(choices)] for choices in space.stages))
-        table.predict(build_model(config, arch, num_classes, deploy=True).eval())
+        models.append(build_model(config, arch, num_classes, deploy=True).eval())
+        table.unit_sum(models[-1])
+    if not table.calibrated(models[0]):
+        models.sort(key=table.unit_sum)
+        picks = sorted({round(i * (len(models) - 1) / max(calibration_archs - 1, 1)) for i in range(calibration_archs)})
+        table.calibrate([models[i] for i in picks])
     return table.measured
 
 

@@ -105,3 +105,18 @@ def test_bench_command_prints_both_forms_as_table_and_json(capsys):
     assert main(["bench", "k3-static_k3-static_k3-static_k3-static"]) == 2
     assert "needs --run" in capsys.readouterr().err
     assert main(["bench", "no_such_model"]) == 2
+
+
+def test_calibration_is_fitted_per_network_structure_and_persisted(tmp_path):
+    archs = ["k3-static_k3-static_k3-static_k3-static", "k3.5-soft_k3.5-static_k3-static_k3-static",
+             "k3.5-hard_k3.5-soft_k3-static_k3-static"]
+    models = [reparameterize_model(timm.create_model("morf_convnext_cifar", **{**SMALL, "arch": a}).eval())
+              for a in archs]
+    table = LatencyTable(SETUP, cache_dir=tmp_path)
+    assert not table.calibrated(models[0]) and table.predict(models[0]) == table.unit_sum(models[0])
+    scale, offset = table.calibrate(models)
+    assert scale > 0 and table.calibrated(models[1])
+    assert table.predict(models[1]) == pytest.approx(scale * table.unit_sum(models[1]) + offset)
+    assert LatencyTable(SETUP, cache_dir=tmp_path).calibrated(models[2]), "calibrations are cached too"
+    wider = reparameterize_model(timm.create_model("morf_convnext_cifar", **{**SMALL, "dims": (8, 16, 32, 96)}).eval())
+    assert not table.calibrated(wider), "another network structure needs its own calibration"

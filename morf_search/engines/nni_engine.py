@@ -28,9 +28,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import pandas as pd
 
-with warnings.catch_warnings():  # NNI 3.0 does not know torch 2.x classes such as torch.nn.Buffer and says so
-    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module", category=RuntimeWarning)
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+with warnings.catch_warnings():  # importing NNI 3.0 warns about torch 2.x classes it does not know
+    warnings.simplefilter("ignore")  # (torch.nn.Buffer, ...) and about lightning's deprecated packaging
     import nni
     from nni.mutable import ensure_frozen
     from nni.nas import strategy as strategies

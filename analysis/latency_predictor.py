@@ -1,0 +1,77 @@
+"""How well does the per-layer lookup table predict measured latency?
+
+For each space, samples random archs, predicts each deploy form's latency from the lookup
+table (filled on the way, as in a search) and measures it whole; reports Spearman's rho
+and the median absolute percentage error. Targets: rho >= 0.9, median error <= 10 %.
+
+    python analysis/latency_predictor.py [--spaces search_spaces/quickstart.yaml ...] [--archs 30]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+from pathlib import Path
+
+import yaml
+from scipy.stats import spearmanr
+
+from morf_search.config import parse_space
+from morf_search.latency import LatencySetup, LatencyTable, environment, measure, thread_count
+from morf_search.search import build_model, warm_latency_table
+from morf_search.space import SearchSpace
+
+DEFAULT_SPACES = ["search_spaces/quickstart.yaml", "search_spaces/convnext_imagenet.yaml"]
+
+
+def evaluate_space(path: Path, count: int, seed: int, cache_dir: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    data["data"]["dataset"] = "embedded"  # only the model, space and latency setup matter here
+    config = parse_space(data, str(path))
+    space = SearchSpace(config)
+    setup = LatencySetup.from_config(config.latency, config.data.image_size)
+    warm_latency_table(config, space, 10, cache_dir)  # exactly what a search does before its trials
+    table = LatencyTable(setup, cache_dir)
+    rng = random.Random(seed)
+    predicted, measured, noisy = [], [], 0
+    for _ in range(count):
+        arch = space.sample(rng)
+        deployed = build_model(config, arch, 10, deploy=True).eval()
+        predicted.append(table.predict(deployed))
+        result = measure(deployed, setup)
+        measured.append(result.median_ms)
+        noisy += result.noisy
+    errors = [abs(p - m) / m * 100 for p, m in zip(predicted, measured)]
+    rho = spearmanr(predicted, measured).statistic
+    return {"space": str(path), "archs": count, "setup": setup.describe(), "spearman_rho": rho,
+            "median_abs_pct_error": statistics.median(errors), "max_abs_pct_error": max(errors),
+            "measured_range_ms": (min(measured), max(measured)), "units_in_table": len(table.entries),
+            "noisy_measurements": noisy}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spaces", nargs="+", type=Path, default=[Path(p) for p in DEFAULT_SPACES])
+    parser.add_argument("--archs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fresh-table", action="store_true", help="build the table in a temporary directory")
+    args = parser.parse_args()
+    cache = Path(tempfile.mkdtemp(prefix="lut-")) if args.fresh_table else None
+    with thread_count(args.threads):
+        env = environment()
+        print(f"# {env['cpu']}, torch {env['torch']}, {env['threads']} threads")
+        print(f"{'space':<36} {'archs':>5} {'rho':>6} {'median err %':>12} {'max err %':>9} "
+              f"{'measured ms':>17} {'units':>5} {'noisy':>5}")
+        for path in args.spaces:
+            r = evaluate_space(path, args.archs, args.seed, cache)
+            low, high = r["measured_range_ms"]
+            verdict = "ok" if r["spearman_rho"] >= 0.9 and r["median_abs_pct_error"] <= 10 else "MISS"
+            print(f"{path.name:<36} {r['archs']:>5} {r['spearman_rho']:6.3f} {r['median_abs_pct_error']:12.1f} "
+                  f"{r['max_abs_pct_error']:9.1f} {low:8.2f}-{high:8.2f} {r['units_in_table']:>5} "
+                  f"{r['noisy_measurements']:>5}  {verdict}   ({r['setup']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
