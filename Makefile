@@ -21,8 +21,16 @@ $(VENV)/.installed-all: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[nni,onnx,dev]'
 	touch $@ $(VENV)/.installed
 
+QUICKSTART := search_spaces/quickstart.yaml
+RUN_NAME := quickstart
+
+# A finished run is only re-checked; a stopped one continues where it stopped.
 run: $(VENV)/.installed
-	$(BIN)/python analysis/bench_layer.py --quick
+	if [ -f runs/$(RUN_NAME)/manifest.json ]; then \
+		$(BIN)/morf-search run $(QUICKSTART) --name $(RUN_NAME) --resume; \
+	else \
+		$(BIN)/morf-search run $(QUICKSTART) --name $(RUN_NAME); \
+	fi
 
 test: $(VENV)/.installed-all
 	$(BIN)/python -m pytest

@@ -52,7 +52,7 @@ def main():
     print(f"# {run.path}: {len(archs)} archs; standalone training {epochs} epochs with the supernet recipe")
     print(f"{'arch':<48} {'one-shot %':>10} {'standalone %':>12}")
     oneshot, standalone = [], []
-    for arch in archs[:max(args.archs, len(archs))]:
+    for arch in archs:
         oneshot.append(evaluator(arch)["accuracy"])
         torch.manual_seed(config.seed)
         model = build_model(config, arch, splits.num_classes)

@@ -178,3 +178,17 @@ def test_search_through_an_existing_ray_cluster(tmp_path, cifar):
         assert not (tmp_path / "runs" / "cluster" / "engine" / "ray-tmp").exists(), "a joined cluster keeps its own temp"
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_standalone_evaluation_trains_each_trial_with_asha(tmp_path, cifar):
+    path = space_file(tmp_path, cifar, search={"num_trials": 4, "evaluation": "standalone", "standalone_epochs": 2,
+                                               "algorithm": "random"},
+                      finalists={"top_k": 0})
+    result = morf("run", str(path), "--name", "standalone", cwd=tmp_path)
+    run = tmp_path / "runs" / "standalone"
+    assert not (run / "supernet.safetensors").exists(), "standalone evaluation trains no supernet"
+    trials = pd.read_csv(run / "trials.csv")
+    assert len(trials) == 4 and set(trials["status"]) <= {"ok", "stopped"}
+    assert trials["epochs"].between(1, 2).all() and (trials["epochs"] == 2).any()
+    assert set(trials.loc[trials["epochs"] < 2, "status"]) <= {"stopped"}, "ASHA-stopped trials say so"
+    assert "Traceback" not in result.stderr
