@@ -44,12 +44,11 @@ class DynamicMoRFConv2d(nn.Module):
         return per_sample_conv2d(x, self.routing_weights(x), self.bank, self.bias_bank, self.stride, self.groups)
 
     def extra_repr(self) -> str:
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"experts={self.bank.shape[0]}, routing={self.routing}")
-        if self.routing == "hard":
-            text += f", top_k={self.top_k}"
-        if self.stride != 1:
-            text += f", stride={self.stride}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        return text
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"experts={self.bank.shape[0]}, " + routing_repr(self.routing, self.top_k, self.stride, self.groups))
+
+
+def routing_repr(routing: str, top_k: int, stride: int, groups: int) -> str:
+    """The routing and geometry part of a MoRF layer's repr (training and deploy forms alike)."""
+    text = f"routing={routing}" + (f", top_k={top_k}" if routing == "hard" else "")
+    return text + (f", stride={stride}" if stride != 1 else "") + (f", groups={groups}" if groups != 1 else "")

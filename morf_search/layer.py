@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .deploy import DynamicMoRFConv2d
+from .deploy import DynamicMoRFConv2d, routing_repr
 from .experts import Expert, ExpertLike, parse_experts
 from .kernels import mix_static, per_sample_conv2d, stack_kernels
 from .routing import (
@@ -232,15 +232,9 @@ class MoRFConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         experts = ",".join(str(e) for e in self.active_experts)
-        text = (f"{self.in_channels}, {self.out_channels}, experts=({experts}) of "
-                f"({','.join(map(str, self.experts))}), routing={self.routing}")
-        if self.routing == "hard":
-            text += f", top_k={self.top_k}"
-        if self.stride != 1:
-            text += f", stride={self.stride}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        return text
+        return (f"{self.in_channels}, {self.out_channels}, experts=({experts}) of "
+                f"({','.join(map(str, self.experts))}), "
+                + routing_repr(self.routing, self.top_k, self.stride, self.groups))
 
 
 def morf_layers(model: nn.Module):

@@ -68,6 +68,10 @@ def plot_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: 
                    color=FINALIST_COLOR, zorder=5, label="finalist: fine-tuned, deployed")
     if latency_bound is not None:
         ax.axvline(latency_bound, color="0.3", linestyle="--", linewidth=1, label=f"latency ≤ {latency_bound:g} ms")
+    return _finish_accuracy_latency(figure, ax, title, stem)
+
+
+def _finish_accuracy_latency(figure, ax, title: str, stem: Path) -> List[Path]:
     ax.set_xlabel("latency (ms, deploy form)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
@@ -146,9 +150,4 @@ def plot_fronts(fronts: Dict[str, pd.DataFrame], title: str, stem: Path) -> List
     for label, front in fronts.items():
         ordered = front.sort_values("latency_ms")
         ax.plot(ordered["latency_ms"], ordered["accuracy"], "-o", markersize=4, drawstyle="steps-post", label=label)
-    ax.set_xlabel("latency (ms, deploy form)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(figure, stem)
+    return _finish_accuracy_latency(figure, ax, title, stem)

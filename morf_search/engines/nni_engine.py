@@ -174,16 +174,20 @@ def search(run: RunDir, space: SearchSpace, num_trials: int, seed: int, resume: 
     recorded = TrialLog(run.trials_csv).frame() if resume else pd.DataFrame()
     if len(recorded):
         say(f"search: resuming the NNI search, replaying its {len(recorded)} recorded trials")
+    algorithm = space.config.search.algorithm
     progress = SearchProgress(num_trials, done=len(recorded))
+    evaluation = TrialEvaluation(run, space, progress, recorded)
     config = NasExperimentConfig("sequential", "raw")
     config.max_trial_number = num_trials
     config.experiment_working_directory = str((run.engine_dir / "nni").resolve())
-    experiment = RunExperiment(
-        StageChoices([[str(spec) for spec in choices] for choices in space.stages]),
-        FunctionalEvaluator(TrialEvaluation(run, space, progress, recorded)),
-        _strategy(space.config.search.algorithm, seed, num_trials, len(space.stages)), config, id=EXPERIMENT_ID)
+    experiment = RunExperiment(StageChoices([[str(spec) for spec in choices] for choices in space.stages]),
+                               FunctionalEvaluator(evaluation),
+                               _strategy(algorithm, seed, num_trials, len(space.stages)), config, id=EXPERIMENT_ID)
     try:
         experiment.start()
     finally:
         experiment.stop()
         progress.close()
+    if evaluation.proposed < num_trials:  # its sampling gave up finding an arch it had not proposed yet
+        raise UserError(f"search: NNI's {algorithm} strategy proposed only {evaluation.proposed} distinct "
+                        f"architectures for {num_trials} trials; lower search.num_trials or widen the space")
