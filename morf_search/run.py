@@ -101,10 +101,9 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
     else:
         config = _with_overrides(load_space(space_path), engine, trials, seed)
         run_name = name or config.name or Path(space_path).stem
-        run = RunDir.create(runs_root / run_name, space_path, config.seed,
+        snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
+        run = RunDir.create(runs_root / run_name, snapshot, config.seed,
                             command=shlex.join(["morf-search", *sys.argv[1:]]))
-        atomic_write(run.space_file, lambda tmp: tmp.write_text(
-            f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)))
         setup = LatencySetup.from_config(config.latency, config.data.image_size)
         with thread_count(setup.threads):
             run.update_manifest(environment=environment(setup.device))

@@ -78,13 +78,12 @@ class RunDir:
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, space_path: Path, seed: int, command: str) -> "RunDir":
-        """Start a new run from a space file; an existing run is refused (use --resume)."""
+    def create(cls, path: Path, space_text: str, seed: int, command: str) -> "RunDir":
+        """Start a new run with its space snapshot; an existing run is refused (use --resume)."""
         run = cls(path)
         if run.manifest_file.exists():
             raise RunError(f"{run.path}: a run with this name exists; pass --resume to continue it, "
                            "or choose another --name")
-        space_text = Path(space_path).read_text()
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.space_file, space_text)
         write_json(run.manifest_file, {

@@ -117,10 +117,8 @@ class FakeRunner:
 
 
 def make_run(tmp_path, name, algorithm, stages=FOUR_STAGES):
-    space_path = tmp_path / f"{name}.yaml"
-    space_path.write_text(yaml.safe_dump({"space": {"stages": stages},
-                                          "search": {"engine": "nni", "algorithm": algorithm}}))
-    run = RunDir.create(tmp_path / "runs" / name, space_path, 0, "test")
+    space_text = yaml.safe_dump({"space": {"stages": stages}, "search": {"engine": "nni", "algorithm": algorithm}})
+    run = RunDir.create(tmp_path / "runs" / name, space_text, 0, "test")
     return run, SearchSpace(run.load_space())
 
 

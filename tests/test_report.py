@@ -53,9 +53,8 @@ def test_hypervolume_of_a_staircase():
 
 
 def make_run(tmp_path, name, statuses):
-    space = tmp_path / "space.yaml"
-    space.write_text("space: {kernels: [3, 5], max_experts: 2}\n")
-    run = RunDir.create(tmp_path / "runs" / name, space, seed=0, command="test")
+    run = RunDir.create(tmp_path / "runs" / name, "space: {kernels: [3, 5], max_experts: 2}\n", seed=0,
+                        command="test")
     log = TrialLog(run.trials_csv)
     rng = np.random.default_rng(len(name))
     for i, status in enumerate(statuses):
