@@ -87,7 +87,8 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
         loader.generator.manual_seed(epoch_seed)
         random.seed(epoch_seed)
         began, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for step, (images, targets) in enumerate(bar(loader, len(loader), f"{label} epoch {epoch + 1}/{epochs}")):
+        batches = bar(loader, len(loader), f"{label} epoch {epoch + 1}/{epochs}")
+        for step, (images, targets) in enumerate(batches):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             archs = sampler(rng) if sampler else [None]
@@ -104,6 +105,9 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             scheduler.step_update(epoch * len(loader) + step + 1)
             seen += len(targets)
             steps += 1
+            if hasattr(batches, "set_postfix") and step % 10 == 0:  # a live bar on a terminal
+                batches.set_postfix(loss=f"{loss_sum / steps:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - began):.0f}", refresh=False)
         seconds = time.perf_counter() - began
         record = {"epoch": epoch + 1, "loss": loss_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": seconds, "images_per_s": seen / seconds}
