@@ -98,6 +98,9 @@ def _cifar_arrays(root: Path, kind: str):
             except (KeyError, ValueError) as err:
                 raise DataError(f"{root / name}: not a {kind} batch (needs 'data' of N x 3072 bytes and "
                                 f"{labels_key.decode()!r}): {err}") from None
+            if targets.size and not 0 <= targets.min() <= targets.max() < len(classes):
+                raise DataError(f"{root / name}: labels must lie in 0..{len(classes) - 1} ({len(classes)} classes "
+                                f"in {meta_file}); found {targets.min()}..{targets.max()}")
             images.append(data.transpose(0, 2, 3, 1))
             labels.append(targets)
         return np.concatenate(images), np.concatenate(labels)

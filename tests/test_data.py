@@ -19,7 +19,7 @@ def write_cifar10(root, per_batch=6, test=5):
                  b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     (folder / "test_batch").write_bytes(pickle.dumps(
-        {b"data": rng.integers(0, 256, (test, 3072), dtype=np.uint8), b"labels": list(range(test))}))
+        {b"data": rng.integers(0, 256, (test, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(test)]}))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
     return folder
 
@@ -84,6 +84,9 @@ def test_cifar_errors_name_the_file(tmp_path):
         load_splits(config(f"cifar10:{tmp_path}"))
     (folder / "data_batch_3").write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(DataError, match="data_batch_3: not a CIFAR python pickle"):
+        load_splits(config(f"cifar10:{tmp_path}"))
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}))
+    with pytest.raises(DataError, match=r"data_batch_3: labels must lie in 0\.\.9 .*found 0\.\.10"):
         load_splits(config(f"cifar10:{tmp_path}"))
 
 
