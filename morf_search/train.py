@@ -44,10 +44,11 @@ class Checkpoint:
         return self.weights.is_file() and self.state.is_file()
 
 
-def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch: int):
+def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch: int, epochs: int):
+    """timm's optimizer and a per-update schedule that spans exactly ``epochs``."""
     optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=config.schedule, num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+        optimizer, sched=config.schedule, num_epochs=epochs, warmup_epochs=min(config.warmup_epochs, max(epochs - 1, 0)),
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     return optimizer, scheduler
 
@@ -64,7 +65,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     An existing ``checkpoint`` is resumed; one for a finished run returns its history.
     """
     epochs = config.epochs if epochs is None else epochs
-    optimizer, scheduler = build_optimizer(model, config, len(loader))
+    optimizer, scheduler = build_optimizer(model, config, len(loader), epochs)
     criterion = LabelSmoothingCrossEntropy(config.label_smoothing) if config.label_smoothing else nn.CrossEntropyLoss()
     rng = random.Random(seed)
     history: List[dict] = []

@@ -11,7 +11,7 @@ from morf_search.data import load_splits, make_loader
 from morf_search.evaluate import OneShotEvaluator, preserved_batchnorm, recalibrate_batchnorm
 from morf_search.space import SearchSpace
 from morf_search.supernet import SuperNet
-from morf_search.train import Checkpoint, fit
+from morf_search.train import Checkpoint, build_optimizer, fit
 from test_data import write_cifar10
 
 TINY_CONVNEXT = {"family": "convnext", "size": "cifar", "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
@@ -149,3 +149,15 @@ def test_resnet_subnets_recalibrate_batchnorm_without_disturbing_the_supernet(tm
         recalibrate_batchnorm(probe, evaluator.calibration, torch.device("cpu"))
         torch.testing.assert_close(probe[0].running_mean, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(probe[0].running_mean, torch.zeros(3))
+
+
+def test_schedule_spans_the_epochs_actually_trained():
+    """An epoch override (fine-tuning, `export --epochs`) gets a whole schedule, not a truncated one."""
+    config = parse_space({"supernet": {"epochs": 2, "warmup_epochs": 1, "lr": 0.01}}).supernet
+    optimizer, scheduler = build_optimizer(torch.nn.Linear(2, 2), config, updates_per_epoch=5, epochs=6)
+    rates = []
+    for update in range(1, 31):
+        scheduler.step_update(update)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert max(rates) > 0.009 and rates.index(max(rates)) in range(4, 7)  # warm-up: the first epoch
+    assert rates[14] > 0.005 and rates[-1] < 0.001  # still high half-way, decayed at the end
