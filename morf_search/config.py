@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from timm.optim import list_optimizers
 
+from .embedded import MIN_IMAGE_SIZE as MIN_EMBEDDED_SIZE
 from .errors import UserError
 from .experts import Expert
 from .models.morf_convnext import CONVNEXT_SIZES
@@ -116,6 +117,13 @@ class DataConfig(_Section):
         if value.startswith(TIMM_DATASET_PREFIXES):
             return value
         raise ValueError(f"unknown dataset {value!r}; expected {', '.join(DATASET_FORMS)}")
+
+    @model_validator(mode="after")
+    def _embedded_size(self):
+        if self.dataset == "embedded" and self.image_size < MIN_EMBEDDED_SIZE:
+            raise _field_error("image_size", f"the embedded dataset needs at least {MIN_EMBEDDED_SIZE} px, "
+                                             f"got {self.image_size}")
+        return self
 
 
 class StageSpace(_Section):

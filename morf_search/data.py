@@ -18,6 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset,
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import DataConfig
+from .embedded import EMBEDDED_CLASSES, load_embedded
 from .errors import UserError
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -145,8 +146,6 @@ def _open(config: DataConfig, cache_dir: Optional[Path]):
     """The raw train and val datasets (PIL images out), class names, and normalization statistics."""
     kind, _, path = config.dataset.partition(":")
     if kind == "embedded":
-        from .embedded import EMBEDDED_CLASSES, load_embedded
-
         e = config.embedded
         train, val = (ArrayDataset(*load_embedded(split, config.image_size, e.num_train, e.num_val, e.seed, cache_dir),
                                    EMBEDDED_CLASSES) for split in ("train", "val"))

@@ -25,6 +25,11 @@ class CorruptFileError(UserError):
     """A file morf-search wrote (or was given) that cannot be read back."""
 
 
+def default_cache_dir() -> Path:
+    """Where machine-wide reusable results live (latency tables, the embedded dataset)."""
+    return Path(os.environ.get("MORF_SEARCH_CACHE", Path.home() / ".cache" / "morf-search"))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path = Path(path)

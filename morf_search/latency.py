@@ -31,7 +31,7 @@ from timm.utils import reparameterize_model
 from torch.utils.benchmark import Timer
 
 from .deploy import DynamicMoRFConv2d
-from .fileio import read_json, write_json
+from .fileio import default_cache_dir, read_json, write_json
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -233,10 +233,6 @@ def _unit_shapes(model: nn.Module, modules: Sequence[nn.Module], input_size) -> 
         for hook in hooks:
             hook.remove()
     return [shapes[i] for i in range(len(modules))]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MORF_SEARCH_CACHE", Path.home() / ".cache" / "morf-search"))
 
 
 class LatencyTable:

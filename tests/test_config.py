@@ -60,6 +60,7 @@ BAD_FILES = [
     ("space: {routing: [sparse]}\n", "space.routing[0]: Input should be 'static', 'soft' or 'hard'"),
     ("data: {dataset: cifar10:/no/such/dir}\n", "data.dataset: path '/no/such/dir' does not exist"),
     ("data: {dataset: mnist}\n", "data.dataset: unknown dataset 'mnist'; expected embedded, cifar10:PATH"),
+    ("data: {image_size: 12}\n", "data.image_size: the embedded dataset needs at least 24 px, got 12"),
     ("model: {family: convnext, size: huge}\n", "model.size: unknown convnext size 'huge'; expected one of atto"),
     ("model: {family: resnet, size: tiny}\n", "model.size: unknown resnet size 'tiny'; expected one of 18, 26, 50"),
     ("search: {engine: ray, algorithm: evolution}\n", "search.algorithm: unknown ray algorithm 'evolution'"),
