@@ -5,9 +5,8 @@ each dot with a twin of the same colour displaced by one fixed vector, plus as m
 unpaired dots. The class is the direction of the displacement (10 directions over 180
 degrees, 16 px along the longer axis whatever the image size). No single dot says anything
 about the class; only the relation between pixels 16 px apart does, which is what a
-receptive field is for.
-Glass patterns are a classic probe of how vision integrates local pairings into global
-structure. ``analysis/embedded_rf.py`` measures how much kernel size matters on them.
+receptive field is for. Glass patterns are a classic probe of how vision integrates local pairings
+into global structure. ``analysis/embedded_rf.py`` measures how much kernel size matters on them.
 """
 from __future__ import annotations
 
