@@ -26,6 +26,7 @@ from morf_search.embedded import EMBEDDED_CLASSES, load_embedded
 from morf_search.device import resolve_device
 from morf_search.evaluate import cache_batches, top1_accuracy
 from morf_search.search import build_model
+from morf_search.space import SearchSpace
 from morf_search.train import fit
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     device = resolve_device(config.device)
     splits = load_splits(config.data)
     val = cache_batches(make_loader(splits.val, 256, config.data.workers, shuffle=False))
-    depth = len(config.model.timm_kwargs().get("depths", (1,) * 4))
+    stages = len(SearchSpace(config).stages)
     epochs = config.supernet.epochs if args.epochs is None else args.epochs
     print(f"{args.space}: {config.model.timm_name} {config.model.timm_kwargs()}, {config.data.dataset} "
           f"{config.data.image_size}px, {len(splits.train)} train / {len(splits.val)} val images, "
@@ -64,7 +65,7 @@ def main() -> None:
 
     results = {}
     for kernel in args.kernels:
-        arch = Arch.parse("_".join([f"k{kernel}-static"] * depth))
+        arch = Arch.parse("_".join([f"k{kernel}-static"] * stages))
         for seed in args.seeds:
             start = time.perf_counter()
             torch.manual_seed(seed)

@@ -91,7 +91,7 @@ def write_report(run: RunDir) -> Path:
         lines += [f"## {caption}", "", f"![{caption}]({path.relative_to(run.path)})", ""]
     if not trials.empty:
         ok = trials[trials["status"] == "ok"]
-        lines += [f"## Trials", "",
+        lines += ["## Trials", "",
                   f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
                   + f". Hypervolume of the front: {hypervolume_2d(front, OBJECTIVES_2D, reference):.4g} "
                     f"(reference: accuracy {reference[0]:g} %, latency {reference[1]:.4g} ms).", "",

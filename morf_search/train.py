@@ -47,8 +47,9 @@ class Checkpoint:
 def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch: int, epochs: int):
     """timm's optimizer and a per-update schedule that spans exactly ``epochs``."""
     optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    warmup_epochs = min(config.warmup_epochs, max(epochs - 1, 0))  # leave at least one epoch to decay
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=config.schedule, num_epochs=epochs, warmup_epochs=min(config.warmup_epochs, max(epochs - 1, 0)),
+        optimizer, sched=config.schedule, num_epochs=epochs, warmup_epochs=warmup_epochs,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     return optimizer, scheduler
 
