@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import UserError
 
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -30,6 +30,7 @@ import torch.nn as nn
 from timm.utils import reparameterize_model
 from torch.utils.benchmark import Timer
 
+from .allocator import allocator_description, keep_freed_memory
 from .deploy import DynamicMoRFConv2d
 from .fileio import default_cache_dir, read_json, write_json
 
@@ -112,10 +113,14 @@ def cpu_model() -> str:
 
 
 def environment(device: torch.device | str = "cpu") -> dict:
-    """What a latency number depends on, stored beside it so numbers from different machines never mix."""
+    """What a latency number depends on, stored beside it so numbers from different machines never mix.
+
+    Latency is only ever measured with freed memory kept in the process, so the record says so.
+    """
+    keep_freed_memory()
     device = torch.device(device)
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "device": device.type}
+           "threads": torch.get_num_threads(), "device": device.type, "allocator": allocator_description()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

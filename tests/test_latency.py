@@ -1,5 +1,9 @@
 """Latency harness and lookup-table predictor: behaviour, not speed (speed lives in analysis/)."""
+import ctypes
+import ctypes.util
 import json
+import os
+import platform
 import time
 
 import pytest
@@ -10,7 +14,7 @@ import torch.nn as nn
 import morf_search  # noqa: F401
 from morf_search import MoRFConv2d
 from morf_search.cli import main
-from morf_search.latency import LatencySetup, LatencyTable, measure
+from morf_search.latency import LatencySetup, LatencyTable, environment, measure
 from timm.utils import reparameterize_model
 
 SMALL = dict(arch="k3.5-soft_k3.5-static_k3-static_k3-static", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
@@ -120,3 +124,19 @@ def test_calibration_is_fitted_per_network_structure_and_persisted(tmp_path):
     assert LatencyTable(SETUP, cache_dir=tmp_path).calibrated(models[2]), "calibrations are cached too"
     wider = reparameterize_model(timm.create_model("morf_convnext_cifar", **{**SMALL, "dims": (8, 16, 32, 96)}).eval())
     assert not table.calibrated(wider), "another network structure needs its own calibration"
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ, reason="glibc's malloc only")
+def test_measurements_keep_freed_memory_and_say_so():
+    measure(nn.Conv2d(3, 4, 3), LatencySetup(input_size=(3, 8, 8), rounds=3, round_seconds=0.001))
+    assert environment()["allocator"] == "glibc, freed memory kept"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = MallInfo2
+    block = torch.ones(4 << 20)  # 16 MiB: glibc would mmap it and unmap it on free
+    del block
+    assert libc.mallinfo2().fordblks >= 16 << 20, "a freed 16 MiB block went back to the kernel"
