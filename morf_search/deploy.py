@@ -2,14 +2,15 @@
 
 A static layer deploys to a plain ``nn.Conv2d``; soft and hard layers still choose their
 kernel per sample, so they keep a router and a bank already padded to one size, which
-makes inference a router pass, one small matrix product and one convolution.
+makes inference a router pass, one small matrix product and one convolution (top-1 hard
+routing skips the product: each sample takes its expert's kernel as it is).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .kernels import per_sample_conv2d
+from .kernels import dynamic_conv2d
 from .routing import DYNAMIC_MODES, Router, check_top_k, dynamic_weights
 
 
@@ -41,7 +42,8 @@ class DynamicMoRFConv2d(nn.Module):
         return dynamic_weights(self.router(x), self.routing, self.top_k, tau=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_sample_conv2d(x, self.routing_weights(x), self.bank, self.bias_bank, self.stride, self.groups)
+        return dynamic_conv2d(x, self.router(x), self.routing, self.top_k, 1.0, self.bank, self.bias_bank,
+                              self.stride, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .experts import Expert
+from .routing import dynamic_weights
 
 
 def place_kernel(weight: torch.Tensor, expert: Expert, size: int) -> torch.Tensor:
@@ -61,3 +62,65 @@ def per_sample_conv2d(
     folded = x.reshape(1, batch * channels, height, width)
     out = F.conv2d(folded, kernel, bias, stride, bank.shape[-1] // 2, 1, groups * batch)
     return out.reshape(batch, out_channels, *out.shape[-2:])
+
+
+def top1_conv2d(
+        x: torch.Tensor,
+        expert: torch.Tensor,
+        bank: torch.Tensor,
+        bias_bank: Optional[torch.Tensor],
+        stride: int,
+        groups: int,
+) -> torch.Tensor:
+    """Each sample convolved with the one bank kernel it selected (top-1 hard routing).
+
+    Samples are grouped by their expert and each group runs one convolution with that
+    expert's shared weight, so the batch costs one plain convolution plus a gather: no
+    per-sample kernels are built. Gradients reach the selected experts only, so this is
+    exact wherever the routing weights need no gradient.
+    """
+    padding = bank.shape[-1] // 2
+
+    def conv(inputs: torch.Tensor, index: int) -> torch.Tensor:
+        bias = bias_bank[index] if bias_bank is not None else None
+        return F.conv2d(inputs, bank[index], bias, stride, padding, 1, groups)
+
+    chosen = expert.tolist()
+    experts_used = sorted(set(chosen))
+    if len(experts_used) == 1:
+        return conv(x, experts_used[0])
+    out = None
+    for index in experts_used:
+        rows = torch.tensor([i for i, e in enumerate(chosen) if e == index], device=x.device)
+        y = conv(x.index_select(0, rows), index)
+        if out is None:
+            out = y.new_empty(x.shape[0], *y.shape[1:])
+        out.index_copy_(0, rows, y)
+    return out
+
+
+def capturing_graph() -> bool:
+    """True while a graph is captured (ONNX export, TorchScript trace, torch.compile), where a
+    branch on the data would be frozen for the example input."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def dynamic_conv2d(
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        routing: str,
+        top_k: int,
+        tau: float,
+        bank: torch.Tensor,
+        bias_bank: Optional[torch.Tensor],
+        stride: int,
+        groups: int,
+) -> torch.Tensor:
+    """Soft or hard routed convolution of ``x`` with the bank, from the router's ``logits`` (B, E).
+
+    Top-1 hard routing whose weights need no gradient (inference) runs ``top1_conv2d``;
+    everything else merges per-sample kernels and runs ``per_sample_conv2d``.
+    """
+    if routing == "hard" and top_k == 1 and not logits.requires_grad and not capturing_graph():
+        return top1_conv2d(x, logits.topk(1, dim=-1).indices[:, 0], bank, bias_bank, stride, groups)
+    return per_sample_conv2d(x, dynamic_weights(logits, routing, top_k, tau), bank, bias_bank, stride, groups)

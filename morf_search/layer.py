@@ -16,10 +16,8 @@ import torch.nn.functional as F
 
 from .deploy import DynamicMoRFConv2d, routing_repr
 from .experts import Expert, ExpertLike, parse_experts
-from .kernels import mix_static, per_sample_conv2d, stack_kernels
-from .routing import (
-    DYNAMIC_MODES, Router, check_routing, check_top_k, dynamic_weights, gumbel_perturb,
-    load_balance_loss)
+from .kernels import dynamic_conv2d, mix_static, stack_kernels
+from .routing import DYNAMIC_MODES, Router, check_routing, check_top_k, gumbel_perturb, load_balance_loss
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -169,8 +167,8 @@ class MoRFConv2d(nn.Module):
             self.last_balance_loss = load_balance_loss(logits, self.top_k)
             if self.gumbel:
                 logits = gumbel_perturb(logits)
-        mix = dynamic_weights(logits, self.routing, self.top_k, self.tau)
-        return per_sample_conv2d(x, mix, bank, bias_bank, self.stride, self.groups)
+        return dynamic_conv2d(x, logits, self.routing, self.top_k, self.tau, bank, bias_bank, self.stride,
+                              self.groups)
 
     @torch.no_grad()
     def extract_active(self) -> "MoRFConv2d":

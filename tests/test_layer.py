@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 from morf_search import DynamicMoRFConv2d, Expert, MoRFConv2d, total_balance_loss
-from morf_search.routing import load_balance_loss
+from morf_search.kernels import per_sample_conv2d, top1_conv2d
+from morf_search.routing import dynamic_weights, load_balance_loss
 
 CHANNELS, SIZE = 8, 11
 KERNEL_SETS = {"3": [3], "3579": [3, 5, 7, 9], "59": [5, 9], "dilated": [3, "3d2", 5]}
@@ -51,14 +52,19 @@ def make_layer(kernels, routing, groups, top_k=1, stride=1):
     return layer
 
 
-GRID = list(itertools.product(KERNEL_SETS, ROUTINGS, [1, 2], ["depthwise", "full"], [1, 8], [False, True]))
+# hard routing twice: top-1 (inference groups samples by expert) and top-2 (per-sample kernels)
+GRID = list(itertools.product(KERNEL_SETS, ROUTINGS + ["hard2"], [1, 2], ["depthwise", "full"], [1, 8], [False, True]))
+
+
+def grid_layer(kernels, routing, stride, conv):
+    groups = CHANNELS if conv == "depthwise" else 1
+    top_k = 2 if routing == "hard2" and len(KERNEL_SETS[kernels]) > 1 else 1
+    return make_layer(KERNEL_SETS[kernels], routing.rstrip("2"), groups, top_k, stride).eval()
 
 
 @pytest.mark.parametrize("kernels,routing,stride,conv,batch,channels_last", GRID)
 def test_fused_forward_matches_per_expert_reference(kernels, routing, stride, conv, batch, channels_last):
-    groups = CHANNELS if conv == "depthwise" else 1
-    top_k = 2 if routing == "hard" and len(KERNEL_SETS[kernels]) > 1 else 1
-    layer = make_layer(KERNEL_SETS[kernels], routing, groups, top_k, stride).eval()
+    layer = grid_layer(kernels, routing, stride, conv)
     x = torch.randn(batch, CHANNELS, SIZE, SIZE)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -71,9 +77,7 @@ def test_fused_forward_matches_per_expert_reference(kernels, routing, stride, co
 
 @pytest.mark.parametrize("kernels,routing,stride,conv,batch,channels_last", GRID)
 def test_deploy_form_matches_training_form(kernels, routing, stride, conv, batch, channels_last):
-    groups = CHANNELS if conv == "depthwise" else 1
-    top_k = 2 if routing == "hard" and len(KERNEL_SETS[kernels]) > 1 else 1
-    layer = make_layer(KERNEL_SETS[kernels], routing, groups, top_k, stride).eval()
+    layer = grid_layer(kernels, routing, stride, conv)
     layer.tau = 0.7  # the temperature must survive deployment
     x = torch.randn(batch, CHANNELS, SIZE, SIZE)
     if channels_last:
@@ -169,6 +173,33 @@ def test_hard_forward_uses_only_top_k_experts():
         for i in unused:  # wrecking unselected experts must not change the output
             layer.weights[i].fill_(1e6)
         torch.testing.assert_close(layer(x), before)
+
+
+def test_top1_inference_groups_samples_by_expert_and_matches_per_sample_kernels():
+    layer = make_layer([3, 5, 7, 9], "hard", CHANNELS, top_k=1).eval()
+    x = torch.randn(16, CHANNELS, SIZE, SIZE)
+    with torch.no_grad():
+        logits = layer.router(x)
+        assert len(set(logits.argmax(1).tolist())) > 1, "the batch must mix experts to test the grouping"
+        bank, bias_bank = layer._bank()
+        per_sample = per_sample_conv2d(x, dynamic_weights(logits, "hard", 1, 1.0), bank, bias_bank, 1, CHANNELS)
+        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, 1, CHANNELS)
+        torch.testing.assert_close(grouped, per_sample, atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer(x), per_sample, atol=1e-5, rtol=0)
+
+
+def test_traced_deploy_form_routes_each_input_anew():
+    """A traced graph must not freeze the experts the example input happened to select."""
+    deploy = make_layer([3, 5, 7, 9], "hard", CHANNELS, top_k=1).eval().fuse()
+    example, other = torch.randn(2, 1, CHANNELS, SIZE, SIZE)
+    for _ in range(50):
+        if deploy.router(other).argmax().item() != deploy.router(example).argmax().item():
+            break
+        other = torch.randn(1, CHANNELS, SIZE, SIZE)
+    assert deploy.router(other).argmax().item() != deploy.router(example).argmax().item()
+    with torch.no_grad():
+        traced = torch.jit.trace(deploy, example, check_trace=False)
+        torch.testing.assert_close(traced(other), deploy(other), atol=1e-5, rtol=0)
 
 
 def test_gumbel_hard_routing_still_selects_top_k():
