@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from morf_search import MoRFConv2d
-from morf_search.latency import environment, thread_count, time_side_by_side
+from morf_search.latency import environment, paired_ratio, thread_count, time_side_by_side
 
 SHAPES = [(96, 28), (384, 7)]
 BATCHES = [1, 32]
@@ -74,21 +74,27 @@ def step_fn(module, x, grad):
 
 
 def bench_config(channels, size, batch, rounds, round_seconds):
+    """Forwards and training steps, each group interleaved on its own.
+
+    A backward pass leaves caches and memory in another state than a forward, so mixing the
+    two in one rotation would charge forwards for the steps before them.
+    """
     x = torch.randn(batch, channels, size, size)
     x_train = x.clone().requires_grad_(True)
     grad = torch.randn(batch, channels, size, size)
     plain = nn.Conv2d(channels, channels, max(EXPERTS), padding=max(EXPERTS) // 2, groups=channels)
-    candidates = {"plain": forward_fn(plain, x), "plain step": step_fn(plain, x_train, grad)}
+    forwards, steps = {"plain": forward_fn(plain, x)}, {"plain step": step_fn(plain, x_train, grad)}
     for routing in ROUTINGS:
         layer = MoRFConv2d(channels, channels, EXPERTS, routing, groups=channels)
         naive = PerExpertMoRF(layer)
         deploy = layer.eval().fuse()
-        candidates[f"{routing} per-expert"] = forward_fn(naive, x)
-        candidates[f"{routing} fused"] = forward_fn(layer, x)
-        candidates[f"{routing} deploy"] = forward_fn(deploy, x)
-        candidates[f"{routing} per-expert step"] = step_fn(naive, x_train, grad)
-        candidates[f"{routing} fused step"] = step_fn(layer, x_train, grad)
-    return time_side_by_side(candidates, rounds=rounds, round_seconds=round_seconds)
+        forwards[f"{routing} per-expert"] = forward_fn(naive, x)
+        forwards[f"{routing} fused"] = forward_fn(layer, x)
+        forwards[f"{routing} deploy"] = forward_fn(deploy, x)
+        steps[f"{routing} per-expert step"] = step_fn(naive, x_train, grad)
+        steps[f"{routing} fused step"] = step_fn(layer, x_train, grad)
+    return {**time_side_by_side(forwards, rounds=rounds, round_seconds=round_seconds),
+            **time_side_by_side(steps, rounds=rounds, round_seconds=round_seconds)}
 
 
 def verdict(ratio_name, routing, batch, value):
@@ -105,14 +111,17 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bench_layer.json"))
     args = parser.parse_args()
-    rounds, round_seconds = (5, 0.02) if args.quick else (15, 0.05)
+    rounds, round_seconds = (5, 0.02) if args.quick else (25, 0.05)
     rows = []
     with thread_count(args.threads):
         env = environment()
         print(f"# MoRF layer, experts {EXPERTS}, depthwise, fp32, {env['cpu']}, torch {env['torch']}, "
-              f"{env['threads']} threads; medians of {rounds} interleaved rounds, ms")
+              f"{env['threads']} threads, allocator: {env['allocator']}; medians of {rounds} interleaved rounds, ms; "
+              "ratios: median over rounds of the ratio within each round")
+        print("# static (c) is an nn.Conv2d of the same shape as (d): their ratio shows the measurement's own noise")
         header = (f"{'C@HxW':>8} {'B':>3} {'routing':>7} | {'(a)naive':>9} {'(b)fused':>9} {'(c)deploy':>9} "
-                  f"{'(d)plain':>9} | {'step a':>8} {'step b':>8} {'step d':>8} | {'c/d':>5} {'b/d step':>8} {'a/b':>5}")
+                  f"{'(d)plain':>9} | {'step a':>8} {'step b':>8} {'step d':>8} | {'c/d':>5} {'b/d step':>8} {'a/b':>5} "
+                  f"{'c/d p10-p90':>10}")
         print(header)
         for channels, size in SHAPES:
             for batch in BATCHES:
@@ -127,17 +136,20 @@ def main():
                             ("plain_step", "plain step")]},
                         "max_spread": max(x.spread for x in t.values()),
                     }
-                    row["deploy/plain"] = row["deploy_ms"] / row["plain_ms"]
-                    row["fused step/plain step"] = row["fused_step_ms"] / row["plain_step_ms"]
-                    row["per-expert/fused"] = row["naive_ms"] / row["fused_ms"]
+                    for ratio, (candidate, reference) in {
+                            "deploy/plain": (f"{routing} deploy", "plain"),
+                            "fused step/plain step": (f"{routing} fused step", "plain step"),
+                            "per-expert/fused": (f"{routing} per-expert", f"{routing} fused")}.items():
+                        row[ratio], *row[f"{ratio} p10-p90"] = paired_ratio(t[candidate], t[reference])
                     row["verdicts"] = {k: verdict(k, routing, batch, row[k]) for k in TARGETS}
                     rows.append(row)
+                    low, high = row["deploy/plain p10-p90"]
                     marks = " ".join(v for v in row["verdicts"].values() if v.startswith("MISS"))
                     print(f"{channels:>4}@{size:<3} {batch:>3} {routing:>7} | {row['naive_ms']:9.3f} "
                           f"{row['fused_ms']:9.3f} {row['deploy_ms']:9.3f} {row['plain_ms']:9.3f} | "
                           f"{row['naive_step_ms']:8.3f} {row['fused_step_ms']:8.3f} {row['plain_step_ms']:8.3f} | "
                           f"{row['deploy/plain']:5.2f} {row['fused step/plain step']:8.2f} "
-                          f"{row['per-expert/fused']:5.2f} {marks}")
+                          f"{row['per-expert/fused']:5.2f} {low:5.2f}-{high:4.2f} {marks}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "targets": TARGETS, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

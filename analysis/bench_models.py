@@ -21,7 +21,7 @@ from timm.utils import reparameterize_model
 import morf_search  # noqa: F401  (registers the models)
 from morf_search import to_plain_convnext
 from morf_search.cost import count_flops, count_params
-from morf_search.latency import environment, thread_count, time_side_by_side
+from morf_search.latency import environment, paired_ratio, thread_count, time_side_by_side
 
 
 def uniform(stage: str) -> str:
@@ -61,15 +61,16 @@ def bench_group(name, size, make_plain, morf_name, stages, batch, rounds):
         models[f"{stage} train-form"] = train_form
         targets[f"{stage} deploy"] = target
     timings = time_side_by_side({k: forward(m, x) for k, m in models.items()}, rounds=rounds, round_seconds=0.2)
-    plain_ms = next(iter(timings.values())).median_ms
+    plain = next(iter(timings.values()))
     rows = []
     for label, model in models.items():
         t = timings[label]
         target = targets.get(label)
-        ratio = t.median_ms / plain_ms
+        ratio, low, high = paired_ratio(t, plain)
         rows.append(dict(
             group=name, model=label, batch=batch, input=size, median_ms=t.median_ms, p90_ms=t.p90_ms,
-            spread=t.spread, ratio=ratio, target=target, meets=None if target is None else ratio <= target,
+            spread=t.spread, ratio=ratio, ratio_p10=low, ratio_p90=high, target=target,
+            meets=None if target is None else ratio <= target,
             params_m=count_params(model) / 1e6, gflops=count_flops(model, (3, size, size)) / 1e9))
     return rows
 
@@ -85,10 +86,11 @@ def main():
     rows = []
     with thread_count(args.threads):
         env = environment()
-        print(f"# {env['cpu']}, torch {env['torch']}, {env['threads']} threads, fp32, NCHW; "
-              f"median of {args.rounds} interleaved rounds; ratio = latency / plain reference of the group")
-        print(f"{'group':<15} {'model':<22} {'B':>3} {'px':>4} {'median ms':>10} {'p90 ms':>9} {'ratio':>6} "
-              f"{'target':>7} {'params M':>9} {'GFLOPs':>7}")
+        print(f"# {env['cpu']}, torch {env['torch']}, {env['threads']} threads, allocator: {env['allocator']}, "
+              f"fp32, NCHW; median of {args.rounds} interleaved rounds; ratio = median over rounds of "
+              "latency / the group's plain reference in the same round, with its p10-p90")
+        print(f"{'group':<15} {'model':<24} {'B':>3} {'px':>4} {'median ms':>10} {'p90 ms':>9} {'ratio':>6} "
+              f"{'p10-p90':>9} {'target':>12} {'params M':>9} {'GFLOPs':>7}")
         for name, size, make_plain, morf_name, stages in GROUPS:
             if args.skip_large and size == 224:
                 continue
@@ -96,8 +98,9 @@ def main():
                 for row in bench_group(name, size, make_plain, morf_name, stages, batch, args.rounds):
                     rows.append(row)
                     target = "" if row["target"] is None else f"<={row['target']}{'' if row['meets'] else ' MISS'}"
-                    print(f"{row['group']:<15} {row['model']:<22} {batch:>3} {size:>4} {row['median_ms']:10.2f} "
-                          f"{row['p90_ms']:9.2f} {row['ratio']:6.2f} {target:>7} {row['params_m']:9.2f} "
+                    print(f"{row['group']:<15} {row['model']:<24} {batch:>3} {size:>4} {row['median_ms']:10.2f} "
+                          f"{row['p90_ms']:9.2f} {row['ratio']:6.2f} {row['ratio_p10']:4.2f}-{row['ratio_p90']:4.2f} "
+                          f"{target:>12} {row['params_m']:9.2f} "
                           f"{row['gflops']:7.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))

@@ -74,10 +74,10 @@ def top1_conv2d(
 ) -> torch.Tensor:
     """Each sample convolved with the one bank kernel it selected (top-1 hard routing).
 
-    Samples are grouped by their expert and each group runs one convolution with that
-    expert's shared weight, so the batch costs one plain convolution plus a gather: no
-    per-sample kernels are built. Gradients reach the selected experts only, so this is
-    exact wherever the routing weights need no gradient.
+    Samples are sorted by their expert, each contiguous run is convolved with that expert's
+    shared kernel, and the outputs are put back in batch order: the batch costs one plain
+    convolution plus two gathers, and no per-sample kernels are built. Gradients reach the
+    selected experts only, so this is exact wherever the routing weights need no gradient.
     """
     padding = bank.shape[-1] // 2
 
@@ -85,18 +85,13 @@ def top1_conv2d(
         bias = bias_bank[index] if bias_bank is not None else None
         return F.conv2d(inputs, bank[index], bias, stride, padding, 1, groups)
 
-    chosen = expert.tolist()
-    experts_used = sorted(set(chosen))
-    if len(experts_used) == 1:
-        return conv(x, experts_used[0])
-    out = None
-    for index in experts_used:
-        rows = torch.tensor([i for i, e in enumerate(chosen) if e == index], device=x.device)
-        y = conv(x.index_select(0, rows), index)
-        if out is None:
-            out = y.new_empty(x.shape[0], *y.shape[1:])
-        out.index_copy_(0, rows, y)
-    return out
+    counts = torch.bincount(expert, minlength=bank.shape[0]).tolist()
+    if max(counts) == x.shape[0]:
+        return conv(x, counts.index(x.shape[0]))
+    order = torch.argsort(expert, stable=True)
+    runs = x.index_select(0, order).split(counts)
+    out = torch.cat([conv(run, index) for index, run in enumerate(runs) if len(run)])
+    return out.index_select(0, torch.argsort(order))
 
 
 def capturing_graph() -> bool:

@@ -46,9 +46,27 @@ class Timing:
     spread: float  # (p90 - p10) / median over rounds: how much the rounds disagreed
     rounds: int
     calls_per_round: int
+    round_ms: Tuple[float, ...] = ()  # per-call latency of each round, in the order timed
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def deciles(values: Sequence[float]) -> List[float]:
+    """The nine deciles of ``values`` (all equal to the value when there is only one)."""
+    values = list(values)
+    return statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+
+
+def paired_ratio(candidate: Timing, reference: Timing) -> Tuple[float, float, float]:
+    """Median, p10 and p90 of ``candidate / reference`` over rounds timed side by side.
+
+    Each round of the two was timed moments apart, so a slow spell of the machine cancels
+    out of each round's ratio; the p10-p90 range says how far the ratio itself can be trusted.
+    """
+    ratios = [c / r for c, r in zip(candidate.round_ms, reference.round_ms)]
+    tenths = deciles(ratios)
+    return statistics.median(ratios), tenths[0], tenths[-1]
 
 
 @dataclass(frozen=True)
@@ -143,8 +161,10 @@ def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: in
     """Time zero-argument callables in interleaved rounds (A, B, C, A, B, C, ...).
 
     Interleaving makes drifting clocks or a noisy neighbour hit every candidate alike, which
-    is what makes ratios between them meaningful.
+    is what makes ratios between them meaningful (see ``paired_ratio``). Freed memory is kept
+    in the process first (see ``allocator``), so page faults do not decide the numbers.
     """
+    keep_freed_memory()
     timers, numbers = {}, {}
     for name, fn in candidates.items():
         timer = Timer(stmt="fn()", globals={"fn": fn})
@@ -158,9 +178,9 @@ def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: in
             samples[name].append(timer.timeit(numbers[name]).mean * 1e3)
     results = {}
     for name, values in samples.items():
-        median = statistics.median(values)
-        deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
-        results[name] = Timing(median, deciles[-1], (deciles[-1] - deciles[0]) / median, rounds, numbers[name])
+        median, tenths = statistics.median(values), deciles(values)
+        results[name] = Timing(median, tenths[-1], (tenths[-1] - tenths[0]) / median, rounds, numbers[name],
+                               tuple(values))
     return results
 
 

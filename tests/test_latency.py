@@ -4,6 +4,7 @@ import ctypes.util
 import json
 import os
 import platform
+import statistics
 import time
 
 import pytest
@@ -14,7 +15,7 @@ import torch.nn as nn
 import morf_search  # noqa: F401
 from morf_search import MoRFConv2d
 from morf_search.cli import main
-from morf_search.latency import LatencySetup, LatencyTable, environment, measure
+from morf_search.latency import LatencySetup, LatencyTable, Timing, environment, measure, paired_ratio
 from timm.utils import reparameterize_model
 
 SMALL = dict(arch="k3.5-soft_k3.5-static_k3-static_k3-static", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
@@ -140,3 +141,13 @@ def test_measurements_keep_freed_memory_and_say_so():
     block = torch.ones(4 << 20)  # 16 MiB: glibc would mmap it and unmap it on free
     del block
     assert libc.mallinfo2().fordblks >= 16 << 20, "a freed 16 MiB block went back to the kernel"
+
+
+def test_paired_ratio_divides_rounds_timed_together():
+    def timing(rounds):
+        return Timing(statistics.median(rounds), max(rounds), 0.0, len(rounds), 1, tuple(rounds))
+
+    reference = timing([1.0, 1.0, 4.0, 4.0, 4.0])  # the machine slowed down for three rounds
+    candidate = timing([1.1, 1.1, 4.4, 4.4, 4.0])
+    median, low, high = paired_ratio(candidate, reference)
+    assert median == pytest.approx(1.1) and low == pytest.approx(1.04) and high == pytest.approx(1.1)
