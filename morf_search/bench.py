@@ -68,19 +68,20 @@ def resolve_forms(model: str, arch: Optional[str] = None, run_dir: Optional[str]
 
 def bench(model: str, arch: Optional[str] = None, run_dir: Optional[str] = None, batch_size: int = 1,
           image_size: Optional[int] = None, threads: Optional[int] = None, device: str = "cpu",
-          channels_last: bool = False, dtype: str = "float32", rounds: int = 15) -> dict:
+          channels_last: bool = False, dtype: str = "float32", rounds: Optional[int] = None) -> dict:
     label, forms, input_size = resolve_forms(model, arch, run_dir)
     if image_size:
         input_size = (input_size[0], image_size, image_size)
     setup = LatencySetup(input_size=input_size, batch_size=batch_size, device=device, threads=threads,
-                         dtype=dtype, channels_last=channels_last, rounds=rounds)
+                         dtype=dtype, channels_last=channels_last, rounds=rounds or LatencySetup.rounds)
     results = {}
     with thread_count(threads):
         for form, module in forms.items():
             if module is None:
                 continue
             timing = measure(module, setup, deploy=form == "deploy")
-            results[form] = {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "spread": timing.spread,
+            results[form] = {"median_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
+                             "spread": timing.spread,
                              "noisy": timing.noisy, "params": count_params(module),
                              "flops": count_flops(module, input_size)}
         env = environment(device)
@@ -91,10 +92,11 @@ def format_table(result: dict) -> str:
     setup = LatencySetup(**{**result["setup"], "input_size": tuple(result["setup"]["input_size"])})
     env = result["environment"]
     lines = [f"{result['model']}", f"{setup.describe()}; {env['cpu']}, torch {env['torch']}",
-             f"{'form':<8} {'median ms':>10} {'p90 ms':>9} {'spread':>7} {'params':>12} {'GFLOPs':>9}"]
+             f"{'form':<8} {'p10 ms':>9} {'median ms':>10} {'p90 ms':>9} {'spread':>7} {'params':>12} {'GFLOPs':>9}"]
     for form, r in result["forms"].items():
         flag = "  (noisy)" if r["noisy"] else ""
-        lines.append(f"{form:<8} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['spread']:7.2f} {r['params']:12,} "
+        lines.append(f"{form:<8} {r['p10_ms']:9.3f} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['spread']:7.2f} "
+                     f"{r['params']:12,} "
                      f"{r['flops'] / 1e9:9.4f}{flag}")
     if "train" not in result["forms"]:
         lines.append("(no separate training form: this network is already a plain deploy model)")

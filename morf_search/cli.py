@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--channels-last", action="store_true")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    bench.add_argument("--rounds", type=int, default=15)
+    bench.add_argument("--rounds", type=int, help="timed rounds (default: the latency harness's)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(handler=cmd_bench)
 

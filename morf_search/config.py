@@ -259,8 +259,10 @@ class LatencyConfig(_Section):
     threads: Optional[int] = Field(None, gt=0, description="CPU threads while timing; default: all")
     channels_last: bool = False
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    rounds: int = Field(15, gt=1)
+    rounds: int = Field(75, gt=1, description="timed rounds of at least 10 ms each")
     max_spread: float = Field(0.25, gt=0, description="re-measure when (p90 - p10) / median exceeds this")
+    statistic: Literal["p10", "median"] = Field(
+        "p10", description="latency of an arch: p10 of the rounds (repeats on a shared machine) or their median")
 
 
 class FinalistsConfig(TrainingConfig):

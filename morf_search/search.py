@@ -42,7 +42,7 @@ def latency_estimator(config: SpaceFile, cache_dir: Optional[Path] = None) -> Ca
     """Deployed model -> latency (ms), measured or predicted as the space file says."""
     setup = LatencySetup.from_config(config.latency, config.data.image_size)
     if config.latency.mode == "measure":
-        return lambda deployed: measure(deployed, setup).median_ms
+        return lambda deployed: measure(deployed, setup).latency_ms
     table = LatencyTable(setup, cache_dir)
     return table.predict
 
@@ -67,15 +67,24 @@ def warm_latency_table(config: SpaceFile, space: SearchSpace, num_classes: int, 
     setup = LatencySetup.from_config(config.latency, config.data.image_size)
     table = LatencyTable(setup, cache_dir)
     longest = max(len(choices) for choices in space.stages)
-    models = []
-    for index in bar(range(longest), longest, "latency table"):
-        arch = Arch(tuple(choices[index % len(choices)] for choices in space.stages))
-        models.append(build_model(config, arch, num_classes, deploy=True).eval())
-        table.unit_sum(models[-1])
-    if not table.calibrated(models[0]):
-        models.sort(key=table.unit_sum)
-        picks = sorted({round(i * (len(models) - 1) / max(calibration_archs - 1, 1)) for i in range(calibration_archs)})
-        table.calibrate([models[i] for i in picks])
+    archs = [Arch(tuple(choices[index % len(choices)] for choices in space.stages)) for index in range(longest)]
+    unit_keys = {}
+
+    def deployed(arch: Arch) -> torch.nn.Module:
+        return build_model(config, arch, num_classes, deploy=True).eval()
+
+    def walk():  # one network at a time: a 224 px space's walk would not fit in memory at once
+        for arch in archs:
+            model = deployed(arch)
+            unit_keys[arch] = table.unit_keys(model)
+            yield model
+
+    say(f"latency table: timing the units of {longest} archs side by side")
+    table.fill(walk())
+    if not table.calibrated(deployed(archs[0])):
+        archs.sort(key=lambda arch: sum(table.entries[key] for key in unit_keys[arch]))
+        picks = sorted({round(i * (len(archs) - 1) / max(calibration_archs - 1, 1)) for i in range(calibration_archs)})
+        table.calibrate([deployed(archs[i]) for i in picks])
     return table.measured
 
 

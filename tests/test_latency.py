@@ -48,7 +48,8 @@ def test_measure_times_the_deploy_form_without_touching_the_model(monkeypatch):
 
     model = timm.create_model("morf_convnext_cifar", **SMALL).eval()
     timed = []
-    monkeypatch.setattr(latency, "_time_module", lambda module, shape, setup: timed.append(module) or "ok")
+    monkeypatch.setattr(latency, "_time_modules",
+                        lambda modules, setup: {name: timed.append(module) for name, (module, _) in modules.items()})
     measure(model, SETUP)
     measure(model, SETUP, deploy=False)
     assert not any(isinstance(m, MoRFConv2d) for m in timed[0].modules())
@@ -74,6 +75,23 @@ def test_noisy_measurements_are_retried_then_flagged():
     assert result.noisy and result.attempts == 2
     steady = measure(nn.Conv2d(1, 1, 1), LatencySetup(input_size=(1, 2, 2), rounds=3, max_spread=100.0), deploy=False)
     assert not steady.noisy and steady.attempts == 1
+
+
+def test_table_times_the_new_units_of_several_networks_side_by_side(tmp_path, monkeypatch):
+    import morf_search.latency as latency
+
+    archs = ["k3.5-soft_k3-static_k3-static_k3-static", "k5-static_k3-static_k3-static_k3-static"]
+    models = [reparameterize_model(timm.create_model("morf_convnext_cifar", **{**SMALL, "arch": arch}).eval())
+              for arch in archs]
+    sessions = []
+    time_modules = latency._time_modules
+    monkeypatch.setattr(latency, "_time_modules", lambda modules, setup: sessions.append(set(modules))
+                        or time_modules(modules, setup))
+    table = LatencyTable(SETUP, cache_dir=tmp_path)
+    keys = [set(table.unit_keys(model)) for model in models]
+    assert table.fill(models) == len(keys[0] | keys[1]) and len(keys[0] - keys[1]) == 1
+    assert sessions == [keys[0] | keys[1]], "every new unit in one interleaved session"
+    assert table.fill(models) == 0 and len(sessions) == 1
 
 
 def test_lookup_table_measures_each_unit_once_and_is_reused_from_disk(tmp_path):
