@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import statistics
 import tempfile
@@ -43,15 +44,18 @@ def evaluate_space(path: Path, count: int, seed: int, cache_dir: Path) -> dict:
     # them, in two sessions; how well the sessions agree is the most any predictor can reach.
     # (no retries: a second session is the repeat, and noisy rounds are counted below)
     sessions = [measure_side_by_side(deployed, dataclasses.replace(setup, retries=0)) for _ in range(2)]
-    measured = [statistics.fmean(session[name].median_ms for session in sessions) for name in deployed]
-    retest_rho = spearmanr(*[[session[name].median_ms for name in deployed] for session in sessions]).statistic
+    measured = [statistics.fmean(session[name].latency_ms for session in sessions) for name in deployed]
+    retest_rho = spearmanr(*[[session[name].latency_ms for name in deployed] for session in sessions]).statistic
     noisy = sum(result.noisy for session in sessions for result in session.values())
     errors = [abs(p - m) / m * 100 for p, m in zip(predicted, measured)]
     rho = spearmanr(predicted, measured).statistic
     return {"space": str(path), "archs": len(deployed), "setup": setup.describe(), "spearman_rho": rho,
             "retest_rho": retest_rho, "median_abs_pct_error": statistics.median(errors),
             "max_abs_pct_error": max(errors), "measured_range_ms": (min(measured), max(measured)),
-            "units_in_table": len(table.entries), "noisy_measurements": noisy}
+            "units_in_table": len(table.entries), "noisy_measurements": noisy,
+            "per_arch": [{"arch": name, "predicted_ms": p,
+                          "measured_ms": [session[name].latency_ms for session in sessions]}
+                         for name, p in zip(deployed, predicted)]}
 
 
 def main():
@@ -61,23 +65,30 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh-table", action="store_true", help="build the table in a temporary directory")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/latency_predictor.json"))
     args = parser.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="lut-")) if args.fresh_table else None
     with thread_count(args.threads):
         env = environment()
         print(f"# {env['cpu']}, torch {env['torch']}, {env['threads']} threads, allocator: {env['allocator']}")
-        print("# rho: predicted vs measured (mean of two side-by-side sessions); retest: session vs session, "
-              "the ceiling for any predictor on this machine; noisy: of 2 x archs measurements")
+        print("# latency: the space's statistic of the rounds; rho: predicted vs measured (mean of two "
+              "side-by-side sessions); retest: session vs session, the ceiling for any predictor on this "
+              "machine; noisy: of 2 x archs measurements")
         print(f"{'space':<28} {'archs':>5} {'rho':>6} {'retest':>6} {'median err %':>12} {'max err %':>9} "
               f"{'measured ms':>17} {'units':>5} {'noisy':>5}")
+        results = []
         for path in args.spaces:
             r = evaluate_space(path, args.archs, args.seed, cache)
+            results.append(r)
             low, high = r["measured_range_ms"]
             verdict = "ok" if r["spearman_rho"] >= 0.9 and r["median_abs_pct_error"] <= 10 else "MISS"
             print(f"{path.name:<28} {r['archs']:>5} {r['spearman_rho']:6.3f} {r['retest_rho']:6.3f} "
                   f"{r['median_abs_pct_error']:12.1f} "
                   f"{r['max_abs_pct_error']:9.1f} {low:8.2f}-{high:8.2f} {r['units_in_table']:>5} "
                   f"{r['noisy_measurements']:>5}  {verdict}   ({r['setup']})", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"environment": env, "spaces": results}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
