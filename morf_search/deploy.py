@@ -3,13 +3,16 @@
 A static layer deploys to a plain ``nn.Conv2d``; soft and hard layers still choose their
 kernel per sample, so they keep a router and a bank already padded to one size, which
 makes inference a router pass, one small matrix product and one convolution (top-1 hard
-routing skips the product: each sample takes its expert's kernel as it is).
+routing skips the product: each sample takes its expert's kernel, at the expert's own size).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from .experts import ExpertLike, parse_experts
 from .kernels import dynamic_conv2d
 from .routing import DYNAMIC_MODES, Router, check_top_k, dynamic_weights
 
@@ -18,15 +21,19 @@ class DynamicMoRFConv2d(nn.Module):
     """Per-sample convolution whose kernel is the router-weighted sum of a fixed bank.
 
     The router's logits already include the training temperature, so routing here is
-    ``softmax(logits)`` (soft) or the renormalized top-k of it (hard).
+    ``softmax(logits)`` (soft) or the renormalized top-k of it (hard). ``experts`` name the
+    bank's kernels in sorted order; each sits zero-padded in the largest span, as
+    ``MoRFConv2d.fuse`` places it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, num_experts: int,
+    def __init__(self, in_channels: int, out_channels: int, experts: Sequence[ExpertLike],
                  routing: str, top_k: int = 1, stride: int = 1, groups: int = 1, bias: bool = True,
                  router_hidden: int = 8, router_act: type = nn.ReLU, device=None, dtype=None):
         super().__init__()
         if routing not in DYNAMIC_MODES:
             raise ValueError(f"routing: a dynamic deploy form routes 'soft' or 'hard', not {routing!r}")
+        self.experts = parse_experts(experts, "experts")
+        num_experts, kernel_size = len(self.experts), max(e.span for e in self.experts)
         if routing == "hard":
             check_top_k(top_k, num_experts)
         factory = dict(device=device, dtype=dtype)
@@ -43,11 +50,11 @@ class DynamicMoRFConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dynamic_conv2d(x, self.router(x), self.routing, self.top_k, 1.0, self.bank, self.bias_bank,
-                              self.stride, self.groups)
+                              self.experts, self.stride, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"experts={self.bank.shape[0]}, " + routing_repr(self.routing, self.top_k, self.stride, self.groups))
+                f"experts=({','.join(map(str, self.experts))}), " + routing_repr(self.routing, self.top_k, self.stride, self.groups))
 
 
 def routing_repr(routing: str, top_k: int, stride: int, groups: int) -> str:

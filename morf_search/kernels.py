@@ -29,6 +29,13 @@ def place_kernel(weight: torch.Tensor, expert: Expert, size: int) -> torch.Tenso
     return F.pad(weight, (margin, margin, margin, margin)) if margin else weight
 
 
+def crop_kernel(placed: torch.Tensor, expert: Expert) -> torch.Tensor:
+    """The expert's own (..., k, k) kernel back out of its ``place_kernel`` window."""
+    margin = (placed.shape[-1] - expert.span) // 2
+    window = placed[..., margin:placed.shape[-1] - margin, margin:placed.shape[-1] - margin]
+    return window[..., ::expert.dilation, ::expert.dilation]
+
+
 def stack_kernels(weights: Sequence[torch.Tensor], experts: Sequence[Expert]) -> torch.Tensor:
     """Stack expert kernels into one bank (E, out, in/groups, K, K), K the largest span."""
     size = max(e.span for e in experts)
@@ -69,21 +76,23 @@ def top1_conv2d(
         expert: torch.Tensor,
         bank: torch.Tensor,
         bias_bank: Optional[torch.Tensor],
+        experts: Sequence[Expert],
         stride: int,
         groups: int,
 ) -> torch.Tensor:
-    """Each sample convolved with the one bank kernel it selected (top-1 hard routing).
+    """Each sample convolved with the one expert it selected (top-1 hard routing).
 
     Samples are sorted by their expert, each contiguous run is convolved with that expert's
-    shared kernel, and the outputs are put back in batch order: the batch costs one plain
-    convolution plus two gathers, and no per-sample kernels are built. Gradients reach the
-    selected experts only, so this is exact wherever the routing weights need no gradient.
+    shared kernel at its own size and dilation (cropped from the bank, whose padding is zero),
+    and the outputs are put back in batch order: no per-sample kernels are built, and a
+    sample routed to a 3x3 expert costs a 3x3 convolution. Gradients reach the selected
+    experts only, so this is exact wherever the routing weights need no gradient.
     """
-    padding = bank.shape[-1] // 2
-
     def conv(inputs: torch.Tensor, index: int) -> torch.Tensor:
         bias = bias_bank[index] if bias_bank is not None else None
-        return F.conv2d(inputs, bank[index], bias, stride, padding, 1, groups)
+        chosen = experts[index]
+        padding = chosen.dilation * (chosen.kernel_size // 2)
+        return F.conv2d(inputs, crop_kernel(bank[index], chosen), bias, stride, padding, chosen.dilation, groups)
 
     counts = torch.bincount(expert, minlength=bank.shape[0]).tolist()
     if max(counts) == x.shape[0]:
@@ -108,14 +117,15 @@ def dynamic_conv2d(
         tau: float,
         bank: torch.Tensor,
         bias_bank: Optional[torch.Tensor],
+        experts: Sequence[Expert],
         stride: int,
         groups: int,
 ) -> torch.Tensor:
-    """Soft or hard routed convolution of ``x`` with the bank, from the router's ``logits`` (B, E).
+    """Soft or hard routed convolution of ``x`` with the bank of ``experts``, from the router's ``logits`` (B, E).
 
     Top-1 hard routing whose weights need no gradient (inference) runs ``top1_conv2d``;
     everything else merges per-sample kernels and runs ``per_sample_conv2d``.
     """
     if routing == "hard" and top_k == 1 and not logits.requires_grad and not capturing_graph():
-        return top1_conv2d(x, logits.topk(1, dim=-1).indices[:, 0], bank, bias_bank, stride, groups)
+        return top1_conv2d(x, logits.topk(1, dim=-1).indices[:, 0], bank, bias_bank, experts, stride, groups)
     return per_sample_conv2d(x, dynamic_weights(logits, routing, top_k, tau), bank, bias_bank, stride, groups)

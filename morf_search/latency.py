@@ -265,7 +265,8 @@ def measure_side_by_side(models: Mapping[str, nn.Module], setup: LatencySetup, d
 def _conv_signature(module: nn.Module) -> Optional[str]:
     if isinstance(module, DynamicMoRFConv2d):
         top = f"/top{module.top_k}" if module.routing == "hard" else ""
-        return f"{module.routing}{module.kernel_size}x{module.bank.shape[0]}e{top}/g{module.groups}"
+        experts = ".".join(map(str, module.experts))
+        return f"{module.routing}[{experts}]{top}/g{module.groups}"
     if isinstance(module, nn.Conv2d):
         return f"conv{module.kernel_size[0]}x{module.kernel_size[1]}/s{module.stride[0]}/g{module.groups}"
     return None

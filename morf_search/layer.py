@@ -167,8 +167,8 @@ class MoRFConv2d(nn.Module):
             self.last_balance_loss = load_balance_loss(logits, self.top_k)
             if self.gumbel:
                 logits = gumbel_perturb(logits)
-        return dynamic_conv2d(x, logits, self.routing, self.top_k, self.tau, bank, bias_bank, self.stride,
-                              self.groups)
+        return dynamic_conv2d(x, logits, self.routing, self.top_k, self.tau, bank, bias_bank,
+                              self.active_experts, self.stride, self.groups)
 
     @torch.no_grad()
     def extract_active(self) -> "MoRFConv2d":
@@ -216,7 +216,7 @@ class MoRFConv2d(nn.Module):
                 conv.bias.copy_(bias)
             return conv.train(self.training)
         deploy = DynamicMoRFConv2d(
-            self.in_channels, self.out_channels, bank.shape[-1], len(self.active), self.routing, self.top_k,
+            self.in_channels, self.out_channels, self.active_experts, self.routing, self.top_k,
             stride=self.stride, groups=self.groups, bias=bias_bank is not None,
             router_hidden=self.router.fc1.out_features, router_act=self.router_act, **factory)
         index = list(self.active)

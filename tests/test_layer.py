@@ -175,15 +175,26 @@ def test_hard_forward_uses_only_top_k_experts():
         torch.testing.assert_close(layer(x), before)
 
 
-def test_top1_inference_groups_samples_by_expert_and_matches_per_sample_kernels():
-    layer = make_layer([3, 5, 7, 9], "hard", CHANNELS, top_k=1).eval()
-    x = torch.randn(16, CHANNELS, SIZE, SIZE)
+@pytest.mark.parametrize("kernels,stride", [([3, 5, 7, 9], 1), ([3, "3d2", 5], 2)])
+def test_top1_inference_groups_samples_by_expert_and_matches_per_sample_kernels(kernels, stride, monkeypatch):
+    layer = make_layer(kernels, "hard", CHANNELS, top_k=1, stride=stride).eval()
+    x = torch.randn(16, CHANNELS, SIZE, SIZE) + torch.randn(16, CHANNELS, 1, 1)  # samples the router tells apart
     with torch.no_grad():
+        for param in layer.router.parameters():  # a router decisive enough to split the batch
+            param.normal_()
         logits = layer.router(x)
-        assert len(set(logits.argmax(1).tolist())) > 1, "the batch must mix experts to test the grouping"
+        chosen = sorted(set(logits.argmax(1).tolist()))
+        assert len(chosen) > 1, "the batch must mix experts to test the grouping"
         bank, bias_bank = layer._bank()
-        per_sample = per_sample_conv2d(x, dynamic_weights(logits, "hard", 1, 1.0), bank, bias_bank, 1, CHANNELS)
-        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, 1, CHANNELS)
+        experts = layer.active_experts
+        per_sample = per_sample_conv2d(x, dynamic_weights(logits, "hard", 1, 1.0), bank, bias_bank, stride,
+                                       CHANNELS)
+        convolved = []  # (kernel side, dilation) of every convolution the grouped path runs
+        conv2d = F.conv2d
+        monkeypatch.setattr(F, "conv2d", lambda inputs, weight, *args: (
+            convolved.append((weight.shape[-1], args[3])), conv2d(inputs, weight, *args))[1])
+        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, experts, stride, CHANNELS)
+        assert convolved == [(experts[i].kernel_size, experts[i].dilation) for i in chosen]
         torch.testing.assert_close(grouped, per_sample, atol=1e-5, rtol=0)
         torch.testing.assert_close(layer(x), per_sample, atol=1e-5, rtol=0)
 
