@@ -4,9 +4,11 @@ Side by side in one process (interleaved rounds), per batch size: the deploy for
 training form of MoRF-ConvNeXt-tiny with every stage ``k3.5.7-static`` / ``-soft`` /
 ``-hard`` against timm ``convnext_tiny``, and MoRF-ResNet-50 ``k1.3-static`` / ``k1.3.5-soft``
 against timm ``resnet50`` at 224 px; the small-input variants at 32 px against their plain
-equivalents. Params and FLOPs (torch.utils.flop_counter, per image) beside each.
+equivalents. Params and FLOPs (torch.utils.flop_counter, per image) beside each. A control
+row times each group's reference a second time, so every ratio can be read against what two
+identical models differ by on the same machine.
 
-    python analysis/bench_models.py [--batches 1 16] [--threads N] [--rounds R] [--skip-large]
+    python analysis/bench_models.py [--batches 1 16] [--threads N] [--rounds R] [--groups convnext_tiny ...]
 """
 from __future__ import annotations
 
@@ -53,13 +55,15 @@ def forward(model, x):
 
 def bench_group(name, size, make_plain, morf_name, stages, batch, rounds):
     x = torch.randn(batch, 3, size, size)
-    models = {f"timm {name}" if size == 224 else f"plain {name}": make_plain().eval()}
+    reference = f"timm {name}" if size == 224 else f"plain {name}"
+    models = {reference: make_plain().eval()}
     targets = {}
     for stage, target in stages:
         train_form = timm.create_model(morf_name, arch=uniform(stage)).eval()
         models[f"{stage} deploy"] = reparameterize_model(train_form)
         models[f"{stage} train-form"] = train_form
         targets[f"{stage} deploy"] = target
+    models["control: reference again"] = make_plain().eval()  # same model, last in the round: the noise floor
     timings = time_side_by_side({k: forward(m, x) for k, m in models.items()}, rounds=rounds, round_seconds=0.2)
     plain = next(iter(timings.values()))
     rows = []
@@ -80,7 +84,8 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--skip-large", action="store_true", help="only the 32 px small-input variants")
+    parser.add_argument("--groups", nargs="+", choices=[g[0] for g in GROUPS], default=[g[0] for g in GROUPS],
+                        help="which comparisons to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bench_models.json"))
     args = parser.parse_args()
     rows = []
@@ -89,16 +94,18 @@ def main():
         print(f"# {env['cpu']}, torch {env['torch']}, {env['threads']} threads, allocator: {env['allocator']}, "
               f"fp32, NCHW; median of {args.rounds} interleaved rounds; ratio = median over rounds of "
               "latency / the group's plain reference in the same round, with its p10-p90")
-        print(f"{'group':<15} {'model':<24} {'B':>3} {'px':>4} {'median ms':>10} {'p90 ms':>9} {'ratio':>6} "
+        print("# the control row times the reference model again, last in each round: its ratio is what "
+              "identical models differ by here")
+        print(f"{'group':<15} {'model':<25} {'B':>3} {'px':>4} {'median ms':>10} {'p90 ms':>9} {'ratio':>6} "
               f"{'p10-p90':>9} {'target':>12} {'params M':>9} {'GFLOPs':>7}")
         for name, size, make_plain, morf_name, stages in GROUPS:
-            if args.skip_large and size == 224:
+            if name not in args.groups:
                 continue
             for batch in args.batches:
                 for row in bench_group(name, size, make_plain, morf_name, stages, batch, args.rounds):
                     rows.append(row)
                     target = "" if row["target"] is None else f"<={row['target']}{'' if row['meets'] else ' MISS'}"
-                    print(f"{row['group']:<15} {row['model']:<24} {batch:>3} {size:>4} {row['median_ms']:10.2f} "
+                    print(f"{row['group']:<15} {row['model']:<25} {batch:>3} {size:>4} {row['median_ms']:10.2f} "
                           f"{row['p90_ms']:9.2f} {row['ratio']:6.2f} {row['ratio_p10']:4.2f}-{row['ratio_p90']:4.2f} "
                           f"{target:>12} {row['params_m']:9.2f} "
                           f"{row['gflops']:7.3f}", flush=True)
