@@ -53,8 +53,9 @@ class DynamicMoRFConv2d(nn.Module):
                               self.experts, self.stride, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"experts=({','.join(map(str, self.experts))}), " + routing_repr(self.routing, self.top_k, self.stride, self.groups))
+        experts = ",".join(map(str, self.experts))
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, experts=({experts}), "
+                + routing_repr(self.routing, self.top_k, self.stride, self.groups))
 
 
 def routing_repr(routing: str, top_k: int, stride: int, groups: int) -> str:

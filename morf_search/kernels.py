@@ -121,7 +121,7 @@ def dynamic_conv2d(
         stride: int,
         groups: int,
 ) -> torch.Tensor:
-    """Soft or hard routed convolution of ``x`` with the bank of ``experts``, from the router's ``logits`` (B, E).
+    """Soft or hard routed convolution of ``x`` with a bank of ``experts``, from router ``logits`` (B, E).
 
     Top-1 hard routing whose weights need no gradient (inference) runs ``top1_conv2d``;
     everything else merges per-sample kernels and runs ``per_sample_conv2d``.
