@@ -65,7 +65,7 @@ def bench_group(name, size, make_plain, morf_name, stages, batch, rounds):
         targets[f"{stage} deploy"] = target
     models["control: reference again"] = make_plain().eval()  # same model, last in the round: the noise floor
     timings = time_side_by_side({k: forward(m, x) for k, m in models.items()}, rounds=rounds, round_seconds=0.2)
-    plain = next(iter(timings.values()))
+    plain = timings[reference]
     rows = []
     for label, model in models.items():
         t = timings[label]
