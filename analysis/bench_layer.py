@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from morf_search import MoRFConv2d
-from morf_search.latency import environment, paired_ratio, thread_count, time_side_by_side
+from morf_search.latency.harness import environment, paired_ratio, thread_count, time_side_by_side
 
 SHAPES = [(96, 28), (384, 7)]
 BATCHES = [1, 32]

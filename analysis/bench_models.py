@@ -22,8 +22,8 @@ from timm.utils import reparameterize_model
 
 import morf_search  # noqa: F401  (registers the models)
 from morf_search import to_plain_convnext
-from morf_search.cost import count_flops, count_params
-from morf_search.latency import environment, paired_ratio, thread_count, time_side_by_side
+from morf_search.latency.cost import count_flops, count_params
+from morf_search.latency.harness import environment, paired_ratio, thread_count, time_side_by_side
 
 
 def uniform(stage: str) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from morf_search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
-from morf_search.plots import plot_fronts, plot_search_progress
-from morf_search.report import OBJECTIVES_2D, hypervolume_reference
+from morf_search.report.plots import plot_fronts, plot_search_progress
+from morf_search.report.report import OBJECTIVES_2D, hypervolume_reference
 from morf_search.rundir import RunDir
-from morf_search.trials import TrialLog
+from morf_search.search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
+from morf_search.search.trials import TrialLog
 
 
 def main():

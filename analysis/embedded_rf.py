@@ -19,15 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from morf_search.arch import Arch
-from morf_search.config import load_space
-from morf_search.data import load_splits, make_loader
-from morf_search.embedded import EMBEDDED_CLASSES, load_embedded
-from morf_search.device import resolve_device
-from morf_search.evaluate import cache_batches, top1_accuracy
-from morf_search.search import build_model
-from morf_search.space import SearchSpace
-from morf_search.train import fit
+from morf_search.core.device import resolve_device
+from morf_search.models.arch import Arch
+from morf_search.space.schema import load_space
+from morf_search.space.search_space import SearchSpace
+from morf_search.training.data import load_splits, make_loader
+from morf_search.training.embedded import EMBEDDED_CLASSES, load_embedded
+from morf_search.training.evaluate import cache_batches, top1_accuracy
+from morf_search.training.loop import fit
 
 
 def save_samples(path: str, image_size: int = 32, scale: int = 4, gap: int = 2) -> None:
@@ -57,7 +56,8 @@ def main() -> None:
     device = resolve_device(config.device)
     splits = load_splits(config.data)
     val = cache_batches(make_loader(splits.val, 256, config.data.workers, shuffle=False))
-    stages = len(SearchSpace(config).stages)
+    space = SearchSpace(config)
+    stages = len(space.stages)
     epochs = config.supernet.epochs if args.epochs is None else args.epochs
     print(f"{args.space}: {config.model.timm_name} {config.model.timm_kwargs()}, {config.data.dataset} "
           f"{config.data.image_size}px, {len(splits.train)} train / {len(splits.val)} val images, "
@@ -69,7 +69,7 @@ def main() -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             torch.manual_seed(seed)
-            model = build_model(config, arch, splits.num_classes).to(device)
+            model = space.build_model(arch, splits.num_classes).to(device)
             loader = make_loader(splits.train, config.data.batch_size, config.data.workers, shuffle=True,
                                  seed=seed, drop_last=True)
             fit(model, loader, config.supernet, device, seed=seed, epochs=epochs, label=f"{arch} seed {seed}")

@@ -20,10 +20,11 @@ from pathlib import Path
 import yaml
 from scipy.stats import spearmanr
 
-from morf_search.config import parse_space
-from morf_search.latency import LatencySetup, LatencyTable, environment, measure_side_by_side, thread_count
-from morf_search.search import build_model, warm_latency_table
-from morf_search.space import SearchSpace
+from morf_search.latency import LatencySetup, LatencyTable, measure_side_by_side
+from morf_search.latency.estimator import warm_latency_table
+from morf_search.latency.harness import environment, thread_count
+from morf_search.space.schema import parse_space
+from morf_search.space.search_space import SearchSpace
 
 DEFAULT_SPACES = ["search_spaces/quickstart.yaml", "search_spaces/convnext_imagenet.yaml"]
 
@@ -34,11 +35,11 @@ def evaluate_space(path: Path, count: int, seed: int, cache_dir: Path) -> dict:
     config = parse_space(data, str(path))
     space = SearchSpace(config)
     setup = LatencySetup.from_config(config.latency, config.data.image_size)
-    warm_latency_table(config, space, 10, cache_dir)  # exactly what a search does before its trials
+    warm_latency_table(space, 10, cache_dir)  # exactly what a search does before its trials
     table = LatencyTable(setup, cache_dir)
     rng = random.Random(seed)
     archs = [space.sample(rng) for _ in range(count)]
-    deployed = {str(arch): build_model(config, arch, 10, deploy=True).eval() for arch in archs}
+    deployed = {str(arch): space.build_model(arch, 10, deploy=True).eval() for arch in archs}
     predicted = [table.predict(model) for model in deployed.values()]
     # The reference: every arch measured whole, all side by side so drift does not reorder
     # them, in two sessions; how well the sessions agree is the most any predictor can reach.

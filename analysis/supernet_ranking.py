@@ -15,15 +15,14 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from morf_search.data import load_splits, make_loader
-from morf_search.device import resolve_device
-from morf_search.evaluate import OneShotEvaluator, top1_accuracy
-from morf_search.fileio import load_weights
+from morf_search.core.device import resolve_device
+from morf_search.core.fileio import load_weights
 from morf_search.rundir import RunDir
-from morf_search.search import build_model
-from morf_search.space import SearchSpace
-from morf_search.supernet import SuperNet
-from morf_search.train import fit
+from morf_search.space.search_space import SearchSpace
+from morf_search.training.data import load_splits, make_loader
+from morf_search.training.evaluate import OneShotEvaluator, top1_accuracy
+from morf_search.training.loop import fit
+from morf_search.training.supernet import SuperNet
 
 
 def main():
@@ -55,7 +54,7 @@ def main():
     for arch in archs:
         oneshot.append(evaluator(arch)["accuracy"])
         torch.manual_seed(config.seed)
-        model = build_model(config, arch, splits.num_classes)
+        model = space.build_model(arch, splits.num_classes)
         loader = make_loader(splits.train, data.batch_size, data.workers, shuffle=True, seed=config.seed,
                              drop_last=True)
         fit(model, loader, config.supernet, device, seed=config.seed, epochs=epochs, label=f"standalone {arch}")

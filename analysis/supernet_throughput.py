@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
-from morf_search.arch import Arch, StageSpec
-from morf_search.config import load_space
-from morf_search.latency import environment, thread_count, time_side_by_side
+from morf_search.latency.harness import environment, thread_count, time_side_by_side
 from morf_search.layer import total_balance_loss
-from morf_search.search import build_model
-from morf_search.space import SearchSpace
-from morf_search.supernet import SuperNet
+from morf_search.models.arch import Arch, StageSpec
+from morf_search.space.schema import load_space
+from morf_search.space.search_space import SearchSpace
+from morf_search.training.supernet import SuperNet
 
 
 def step_fn(model, archs, x, y):
@@ -59,7 +58,7 @@ def main():
         StageSpec((max((e for choice in choices for e in choice.experts), key=lambda e: (e.span, e.kernel_size)),),
                   "static")
         for choices in space.stages))
-    plain = build_model(config, largest_static, 10).train()
+    plain = space.build_model(largest_static, 10).train()
     with thread_count(args.threads):
         env = environment()
         timings = time_side_by_side({

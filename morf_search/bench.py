@@ -1,8 +1,9 @@
 """``morf-search bench MODEL``: latency, params and FLOPs of a network's training and deploy forms.
 
 MODEL is a timm model name (MoRF ones take ``--arch``), an export directory, or an arch
-string of a run (``--run RUN_DIR`` supplies the base model). Both forms are timed side by
-side with the same setup, so the table shows what re-parameterization saves.
+string of a run (``--run RUN_DIR`` supplies the base model). Both forms are timed with the
+same setup and backend (eager torch or ONNX Runtime), so the table shows what
+re-parameterization saves.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from typing import Dict, Optional, Tuple
 import timm
 import torch.nn as nn
 
-from .arch import Arch
-from .cost import count_flops, count_params
-from .errors import UserError
-from .export import load_export
-from .fileio import read_json
-from .latency import LatencySetup, environment, measure, thread_count
-from .models import MoRFConvNeXt, MoRFResNet
+from .core.errors import UserError
+from .core.fileio import read_json
+from .finalists.export import load_export
+from .latency.backends import get_backend
+from .latency.cost import count_flops, count_params
+from .latency.harness import environment, thread_count
+from .latency.measurement import measure
+from .latency.setup import LatencySetup
+from .models.arch import Arch
+from .models.base import MoRFModelMixin
 from .rundir import RunDir
 
 
@@ -39,7 +43,7 @@ def resolve_forms(model: str, arch: Optional[str] = None, run_dir: Optional[str]
         deployed = load_export(path)
         args = dict(read_json(path / "config.json").get("model_args", {}))
         train = None
-        if isinstance(deployed, (MoRFConvNeXt, MoRFResNet)):
+        if isinstance(deployed, MoRFModelMixin):
             args.pop("deploy", None)
             train = timm.create_model(deployed.pretrained_cfg["architecture"], **args)
         return str(path), {"train": train, "deploy": deployed}, tuple(deployed.pretrained_cfg["input_size"])
@@ -59,7 +63,7 @@ def resolve_forms(model: str, arch: Optional[str] = None, run_dir: Optional[str]
         train = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"{model}: cannot build it with these arguments ({err})") from None
-    if not isinstance(train, (MoRFConvNeXt, MoRFResNet)):
+    if not isinstance(train, MoRFModelMixin):
         return model, {"train": None, "deploy": train.eval()}, tuple(train.pretrained_cfg["input_size"])
     size = size or train.pretrained_cfg["input_size"][-1]
     deployed = timm.create_model(name, deploy=True, **kwargs).eval()
@@ -68,12 +72,14 @@ def resolve_forms(model: str, arch: Optional[str] = None, run_dir: Optional[str]
 
 def bench(model: str, arch: Optional[str] = None, run_dir: Optional[str] = None, batch_size: int = 1,
           image_size: Optional[int] = None, threads: Optional[int] = None, device: str = "cpu",
-          channels_last: bool = False, dtype: str = "float32", rounds: Optional[int] = None) -> dict:
+          channels_last: bool = False, dtype: str = "float32", rounds: Optional[int] = None,
+          backend: str = "torch") -> dict:
     label, forms, input_size = resolve_forms(model, arch, run_dir)
     if image_size:
         input_size = (input_size[0], image_size, image_size)
     setup = LatencySetup(input_size=input_size, batch_size=batch_size, device=device, threads=threads,
-                         dtype=dtype, channels_last=channels_last, rounds=rounds or LatencySetup.rounds)
+                         dtype=dtype, channels_last=channels_last, rounds=rounds or LatencySetup.rounds,
+                         backend=backend)
     results = {}
     with thread_count(threads):
         for form, module in forms.items():
@@ -84,7 +90,7 @@ def bench(model: str, arch: Optional[str] = None, run_dir: Optional[str] = None,
                              "spread": timing.spread,
                              "noisy": timing.noisy, "params": count_params(module),
                              "flops": count_flops(module, input_size)}
-        env = environment(device)
+        env = {**environment(device), **get_backend(backend).environment()}
     return {"model": label, "setup": asdict(setup), "environment": env, "forms": results}
 
 

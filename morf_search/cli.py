@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .allocator import keep_freed_memory
-from .errors import UserError
+from .core.allocator import keep_freed_memory
+from .core.errors import UserError
+from .latency.backends import BACKENDS
 
 
 def cmd_validate(args) -> int:
-    from .config import dump_space, load_space
-    from .space import SearchSpace
+    from .space.schema import dump_space, load_space
+    from .space.search_space import SearchSpace
 
     space_file = load_space(args.space)
     space = SearchSpace(space_file)
@@ -30,30 +31,35 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .run import run_command
+    from .phases import DONE, run_command
 
-    run = run_command(Path(args.space), name=args.name, engine=args.engine, address=args.address,
-                      resume=args.resume, trials=args.trials, seed=args.seed, runs_root=Path(args.runs))
-    print(run.path)
+    outcome = run_command(Path(args.space), name=args.name, engine=args.engine, address=args.address,
+                          resume=args.resume, trials=args.trials, seed=args.seed, runs_root=Path(args.runs))
+    print(outcome.run.path)
+    if outcome.status != DONE:
+        print(f"interrupted; continue with: {outcome.resume_hint}", file=sys.stderr)
+        return 130
     return 0
 
 
 def cmd_export(args) -> int:
-    from .arch import Arch
-    from .finalists import Finalizer, select_finalists
-    from .rundir import RunDir
-    from .trials import TrialLog
+    from .context import RunContext
+    from .finalists.finalize import Finalizer
+    from .finalists.select import select_finalists
+    from .models.arch import Arch
+    from .search.trials import TrialLog
 
-    run = RunDir.open(Path(args.run_dir))
+    context = RunContext.open(Path(args.run_dir))
+    run = context.run
     if args.arch:
         archs = [Arch.parse(args.arch)]
     else:
-        archs = [Arch.parse(a) for a in select_finalists(TrialLog(run.trials_csv).frame(), run.load_space())["arch"]]
-    finalizer = Finalizer(run)
+        archs = [Arch.parse(a) for a in select_finalists(TrialLog(run.trials_csv).frame(), context.config)["arch"]]
+    finalizer = Finalizer(context)
     for arch in archs:
-        if arch not in finalizer.space:
+        if arch not in context.space:
             raise UserError(f"--arch {arch}: not in the run's search space")
-        row = finalizer.finalize(arch, epochs=args.epochs, onnx=args.onnx)
+        row = finalizer.finalize(arch, epochs=args.epochs, onnx=args.onnx or None)
         print(run.path / row["export"])
     return 0
 
@@ -65,13 +71,13 @@ def cmd_bench(args) -> int:
 
     result = bench(args.model, arch=args.arch, run_dir=args.run, batch_size=args.batch_size,
                    image_size=args.image_size, threads=args.threads, device=args.device,
-                   channels_last=args.channels_last, dtype=args.dtype, rounds=args.rounds)
+                   channels_last=args.channels_last, dtype=args.dtype, rounds=args.rounds, backend=args.backend)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report.report import write_report
     from .rundir import RunDir
 
     print(write_report(RunDir.open(Path(args.run_dir))))
@@ -108,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
     export.add_argument("--arch", help="arch string to export (default: the finalists)")
     export.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the space's finalists.epochs)")
-    export.add_argument("--onnx", action="store_true", help="also write model.onnx of the deploy form")
+    export.add_argument("--onnx", action="store_true",
+                        help="also write model.onnx of the deploy form (default: the space's export.onnx)")
     export.set_defaults(handler=cmd_export)
 
     bench = commands.add_parser(
@@ -124,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--channels-last", action="store_true")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     bench.add_argument("--rounds", type=int, help="timed rounds (default: the latency harness's)")
+    bench.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="what runs the network")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(handler=cmd_bench)
 

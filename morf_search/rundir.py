@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
-from .config import SpaceFile, load_space
-from .errors import UserError
-from .fileio import file_hash, read_json, write_json, write_text
+from .core.errors import UserError
+from .core.fileio import file_hash, read_json, write_json, write_text
+from .space.schema import SpaceFile, load_space
 
 PHASES = ("supernet", "search", "pareto", "finalists", "report")
 TRACKED_PACKAGES = ("morf-search", "torch", "torchvision", "timm", "ray", "optuna", "nni", "pandas", "safetensors")
@@ -41,6 +41,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._manifest: Optional[Dict[str, Any]] = None  # read once; this process writes every change
 
     # -- paths --------------------------------------------------------------------------------
     @property
@@ -60,6 +61,26 @@ class RunDir:
         return self.path / "pareto.csv"
 
     @property
+    def references_csv(self) -> Path:
+        return self.path / "references.csv"
+
+    @property
+    def finalists_csv(self) -> Path:
+        return self.path / "finalists.csv"
+
+    @property
+    def supernet_weights(self) -> Path:
+        return self.path / "supernet.safetensors"
+
+    def finalist_dir(self, arch) -> Path:
+        """A finalist's working files (fine-tuning state, routing statistics)."""
+        return self.path / "finalists" / str(arch)
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report.md"
+
+    @property
     def plots(self) -> Path:
         return self.path / "plots"
 
@@ -71,10 +92,6 @@ class RunDir:
     def engine_dir(self) -> Path:
         """Engine state (Ray's storage and temp files, NNI's experiment) lives inside the run."""
         return self.path / "engine"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.path / "cache"
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -105,12 +122,17 @@ class RunDir:
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> Dict[str, Any]:
-        return read_json(self.manifest_file)
+        if self._manifest is None:
+            self._manifest = read_json(self.manifest_file)
+        return self._manifest
+
+    def _write_manifest(self) -> None:
+        write_json(self.manifest_file, self._manifest)
 
     def update_manifest(self, **fields) -> Dict[str, Any]:
         manifest = self.manifest()
         manifest.update(fields)
-        write_json(self.manifest_file, manifest)
+        self._write_manifest()
         return manifest
 
     def phase_status(self, phase: str) -> Optional[str]:
@@ -123,7 +145,7 @@ class RunDir:
         manifest = self.manifest()
         entry = manifest["phases"].setdefault(phase, {})
         entry.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **details)
-        write_json(self.manifest_file, manifest)
+        self._write_manifest()
 
     def record_files(self, *paths: Path) -> None:
         """Store content hashes of files the run wrote (relative to the run directory)."""
@@ -132,4 +154,4 @@ class RunDir:
             path = Path(path)
             if path.is_file():
                 manifest["files"][str(path.relative_to(self.path))] = file_hash(path)
-        write_json(self.manifest_file, manifest)
+        self._write_manifest()

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from morf_search.cli import main
-from morf_search.config import load_space, parse_space
-from morf_search.space import SearchSpace, stage_choices
+from morf_search.space.schema import load_space, parse_space
+from morf_search.space.search_space import SearchSpace, stage_choices
 
 
 def write(tmp_path, text, name="space.yaml"):
@@ -63,6 +63,8 @@ BAD_FILES = [
     ("data: {image_size: 12}\n", "data.image_size: the embedded dataset needs at least 24 px, got 12"),
     ("model: {family: convnext, size: huge}\n", "model.size: unknown convnext size 'huge'; expected one of atto"),
     ("model: {family: resnet, size: tiny}\n", "model.size: unknown resnet size 'tiny'; expected one of 18, 26, 50"),
+    ("model: {family: mobilenet}\n", "model.family: unknown model family 'mobilenet'; expected one of convnext, resnet"),
+    ("model: {depths: [1, 1, 1]}\n", "model.depths: expected 4 positive integers, one per stage"),
     ("search: {engine: ray, algorithm: evolution}\n", "search.algorithm: unknown ray algorithm 'evolution'"),
     ("supernet: {optimizer: adamz}\n", "supernet.optimizer: unknown optimizer 'adamz'"),
     ("search: {objectives: [accuracy, speed]}\n", "search.objectives[1]: Input should be"),

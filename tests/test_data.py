@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from morf_search.config import DataConfig
-from morf_search.data import DataError, load_splits, make_loader
+from morf_search.space.schema import DataConfig
+from morf_search.training.data import DataError, load_splits, make_loader
 
 
 def write_cifar10(root, per_batch=6, test=5):

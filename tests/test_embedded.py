@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from morf_search import embedded
-from morf_search.config import DataConfig
-from morf_search.data import load_splits
-from morf_search.embedded import EMBEDDED_CLASSES, load_embedded
+from morf_search.space.schema import DataConfig
+from morf_search.training import embedded
+from morf_search.training.data import load_splits
+from morf_search.training.embedded import EMBEDDED_CLASSES, load_embedded
 
 
 def test_same_seed_same_images_and_balanced_labels(tmp_path):

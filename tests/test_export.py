@@ -8,15 +8,17 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from test_run import morf, space_file
 
 import morf_search  # noqa: F401
-from morf_search.arch import Arch
-from morf_search.config import parse_space
-from morf_search.export import load_export
-from morf_search.fileio import CorruptFileError
-from morf_search.finalists import Finalizer, select_finalists
+from morf_search.context import RunContext
+from morf_search.core.fileio import CorruptFileError
+from morf_search.finalists.export import load_export
+from morf_search.finalists.finalize import Finalizer
+from morf_search.finalists.select import select_finalists
+from morf_search.models.arch import Arch
 from morf_search.rundir import RunDir
-from test_run import morf, space_file
+from morf_search.space.schema import parse_space
 
 STATIC = "k3.5-static_k3.5-static_k3-static_k3-static"
 ROUTED = "k3.7-soft_k3.5-hard_k3-static_k3-static"
@@ -35,7 +37,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finalizer(run):
-    return Finalizer(run)
+    return Finalizer(RunContext(run))
 
 
 def _frame(rows):
@@ -69,9 +71,9 @@ def test_finalize_fine_tunes_verifies_measures_and_exports(run, finalizer):
     model = timm.create_model(f"local-dir:{export}", pretrained=True).eval()
     data_config = timm.data.resolve_data_config({}, model=model)
     assert data_config["input_size"] == (3, 16, 16) and data_config["crop_pct"] == 1.0
-    assert np.allclose(data_config["mean"], finalizer.splits.mean)
+    assert np.allclose(data_config["mean"], finalizer.context.splits.mean)
     images = next(iter(finalizer.val))[0]
-    reference = finalizer.supernet.extract(Arch.parse(ROUTED))  # different weights: fine-tuning changed them
+    reference = finalizer.context.supernet.extract(Arch.parse(ROUTED))  # different weights: fine-tuning changed them
     with torch.no_grad():
         loaded = model(images)
         assert not torch.allclose(loaded, reference.eval()(images))
@@ -131,3 +133,14 @@ def test_export_command_exports_any_candidate_with_onnx(run, tmp_path):
         np.testing.assert_allclose(onnx_out, model(x).numpy(), atol=1e-4, rtol=0)
     bad = morf("export", str(run.path), "--arch", "k9-static_k3-static_k3-static_k3-static", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "not in the run's search space" in bad.stderr
+
+
+def test_export_onnx_in_the_space_file_writes_onnx(run):
+    from morf_search.space.schema import ExportConfig
+
+    context = RunContext(run)
+    context.config = context.config.model_copy(update={"export": ExportConfig(onnx=True)})
+    export = run.path / Finalizer(context).finalize(Arch.parse(STATIC), epochs=0)["export"]
+    assert (export / "model.onnx").is_file(), "export.onnx: true must write model.onnx"
+    without = run.path / Finalizer(RunContext(run)).finalize(Arch.parse(STATIC), epochs=0)["export"]
+    assert not (without / "model.onnx").exists()

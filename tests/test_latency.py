@@ -11,12 +11,14 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 
-import morf_search  # noqa: F401
+import morf_search.core.errors
+import morf_search.latency
 from morf_search import MoRFConv2d
 from morf_search.cli import main
-from morf_search.latency import LatencySetup, LatencyTable, Timing, environment, measure, paired_ratio
-from timm.utils import reparameterize_model
+from morf_search.latency import LatencySetup, LatencyTable, measure
+from morf_search.latency.harness import Timing, environment, paired_ratio
 
 SMALL = dict(arch="k3.5-soft_k3.5-static_k3-static_k3-static", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
 SETUP = LatencySetup(input_size=(3, 16, 16), rounds=3, round_seconds=0.005)
@@ -44,11 +46,11 @@ def test_measurement_records_setup_environment_and_restores_threads():
 
 
 def test_measure_times_the_deploy_form_without_touching_the_model(monkeypatch):
-    import morf_search.latency as latency
+    import morf_search.latency.measurement as measuring
 
     model = timm.create_model("morf_convnext_cifar", **SMALL).eval()
     timed = []
-    monkeypatch.setattr(latency, "_time_modules",
+    monkeypatch.setattr(measuring, "time_modules",
                         lambda modules, setup: {name: timed.append(module) for name, (module, _) in modules.items()})
     measure(model, SETUP)
     measure(model, SETUP, deploy=False)
@@ -78,14 +80,14 @@ def test_noisy_measurements_are_retried_then_flagged():
 
 
 def test_table_times_the_new_units_of_several_networks_side_by_side(tmp_path, monkeypatch):
-    import morf_search.latency as latency
+    import morf_search.latency.table as lookup
 
     archs = ["k3.5-soft_k3-static_k3-static_k3-static", "k5-static_k3-static_k3-static_k3-static"]
     models = [reparameterize_model(timm.create_model("morf_convnext_cifar", **{**SMALL, "arch": arch}).eval())
               for arch in archs]
     sessions = []
-    time_modules = latency._time_modules
-    monkeypatch.setattr(latency, "_time_modules", lambda modules, setup: sessions.append(set(modules))
+    time_modules = lookup.time_modules
+    monkeypatch.setattr(lookup, "time_modules", lambda modules, setup: sessions.append(set(modules))
                         or time_modules(modules, setup))
     table = LatencyTable(SETUP, cache_dir=tmp_path)
     keys = [set(table.unit_keys(model)) for model in models]
@@ -169,3 +171,43 @@ def test_paired_ratio_divides_rounds_timed_together():
     candidate = timing([1.1, 1.1, 4.4, 4.4, 4.0])
     median, low, high = paired_ratio(candidate, reference)
     assert median == pytest.approx(1.1) and low == pytest.approx(1.04) and high == pytest.approx(1.1)
+
+
+# -- backends --------------------------------------------------------------------------------------------------
+
+def _uniform(stage, **kwargs):
+    """A deployed cifar ConvNeXt with the same stage everywhere (narrow, so the stage's conv dominates)."""
+    arch = "_".join([stage] * 4)
+    return timm.create_model("morf_convnext_cifar", arch=arch, depths=(1, 1, 1, 1), dims=(32, 32, 32, 32),
+                             num_classes=10, deploy=True, **kwargs).eval()
+
+
+def test_torch_and_onnxruntime_backends_rank_archs_alike():
+    """Three archs whose costs differ by 1.4x and more (measured here: torch 3.3/4.7/33 ms, ORT 1.6/5.1/22 ms)."""
+    models = {stage: _uniform(stage) for stage in ("k3-static", "k3.9-soft", "k3.21-soft")}
+    order = {}
+    for backend in ("torch", "onnxruntime"):
+        setup = LatencySetup(input_size=(3, 48, 48), rounds=8, threads=1, backend=backend)
+        results = morf_search.latency.measure_side_by_side(models, setup)
+        assert all(r.environment["backend"] == backend and r.setup["backend"] == backend for r in results.values())
+        order[backend] = sorted(results, key=lambda stage: results[stage].latency_ms)
+    assert order["torch"] == order["onnxruntime"] == ["k3-static", "k3.9-soft", "k3.21-soft"]
+    assert "onnxruntime" in results["k3-static"].environment
+
+
+def test_lookup_table_is_kept_per_backend(tmp_path):
+    deployed = reparameterize_model(timm.create_model("morf_convnext_cifar", **SMALL).eval())
+    torch_table = LatencyTable(SETUP, cache_dir=tmp_path)
+    ort_table = LatencyTable(LatencySetup(**{**SETUP.__dict__, "backend": "onnxruntime"}), cache_dir=tmp_path)
+    assert ort_table.path != torch_table.path and ort_table.environment["backend"] == "onnxruntime"
+    assert ort_table.predict(deployed) > 0 and ort_table.measured == len(ort_table.unit_keys(deployed))
+    assert json.loads(ort_table.path.read_text())["setup"]["backend"] == "onnxruntime"
+
+
+def test_onnxruntime_backend_refuses_what_it_cannot_time(capsys):
+    setup = LatencySetup(input_size=(3, 16, 16), rounds=2, dtype="float16", backend="onnxruntime")
+    with pytest.raises(morf_search.core.errors.UserError, match="latency.dtype: the onnxruntime backend"):
+        measure(_uniform("k3-static"), setup)
+    assert main(["bench", "morf_convnext_cifar", "--backend", "onnxruntime", "--image-size", "16", "--rounds", "2",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["environment"]["backend"] == "onnxruntime"

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 from morf_search import DynamicMoRFConv2d, Expert, MoRFConv2d, total_balance_loss
-from morf_search.kernels import per_sample_conv2d, top1_conv2d
-from morf_search.routing import dynamic_weights, load_balance_loss
+from morf_search.layer.kernels import per_sample_conv2d, top1_conv2d
+from morf_search.layer.routing import dynamic_weights, load_balance_loss
 
 CHANNELS, SIZE = 8, 11
 KERNEL_SETS = {"3": [3], "3579": [3, 5, 7, 9], "59": [5, 9], "dilated": [3, "3d2", 5]}

@@ -162,3 +162,24 @@ def test_set_arch_activates_subsets_like_a_model_built_for_them():
         supernet.set_arch("k9-static_k3-static_k3-static_k3-static")
     with pytest.raises(ValueError, match="deployed"):
         deployed.set_arch(sub)
+
+
+def test_a_family_is_one_registry_entry_away_from_the_schema(monkeypatch):
+    """Registering a family makes it valid in space files and buildable, with no change to the schema."""
+    from morf_search.models import registry
+    from morf_search.space.schema import parse_space
+    from morf_search.space.search_space import SearchSpace
+
+    for name in registry.list_families():
+        family = registry.get_family(name)
+        family.implementation()
+        assert all(timm.is_model(family.timm_name(size)) for size in family.sizes), name
+    monkeypatch.setitem(registry._FAMILIES, "narrow", registry.ModelFamily(
+        name="narrow", module="morf_search.models.morf_resnet", entrypoints={"cifar": "morf_resnet_cifar"},
+        num_stages=4, depth_arg="layers", width_arg="channels", norm="batch", default_kernel=3))
+    config = parse_space({"model": {"family": "narrow", "size": "cifar", "depths": [1, 1, 1, 1],
+                                    "dims": [8, 8, 8, 8]}, "space": {"kernels": [1, 3]}})
+    space = SearchSpace(config)
+    assert space.family.uses_batchnorm and config.model.timm_name == "morf_resnet_cifar"
+    model = space.build_model(space.smallest(), num_classes=3)
+    assert model.layer1[0].conv1.out_channels == 8 and model(torch.randn(1, 3, 16, 16)).shape == (1, 3)

@@ -11,15 +11,16 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
-
-from morf_search.arch import Arch
-from morf_search.engines import get_engine
-from morf_search.errors import UserError
-from morf_search.rundir import RunDir
-from morf_search.space import SearchSpace
-from morf_search.trials import TrialLog, make_row
 from test_data import write_cifar10
 from test_run import _wait_for_rows, morf, space_file
+
+from morf_search.core.errors import UserError
+from morf_search.models.arch import Arch
+from morf_search.rundir import RunDir
+from morf_search.search.engines import get_engine
+from morf_search.search.runner import TrialResult
+from morf_search.search.trials import TrialLog, make_row
+from morf_search.space.search_space import SearchSpace
 
 nni_engine = get_engine("nni")
 
@@ -96,24 +97,18 @@ class FakeRunner:
     and violates a constraint if n is in ``infeasible``."""
 
     def __init__(self, fail=(), infeasible=(), evaluation="oneshot"):
-        self.config = SimpleNamespace(search=SimpleNamespace(evaluation=evaluation, standalone_epochs=2))
+        self.standalone_epochs = 2 if evaluation == "standalone" else None
         self.evaluated, self.fail, self.infeasible = [], set(fail), set(infeasible)
 
-    def oneshot(self, arch):
+    def evaluate(self, arch, report=None):
         self.evaluated.append(str(arch))
         if len(self.evaluated) in self.fail:
             raise RuntimeError("this arch cannot be evaluated")
         spans = sum(e.span for stage in arch.stages for e in stage.experts)
         metrics = {"accuracy": 50.0 + spans / 7, "latency_ms": spans / 3, "params": 10, "flops": 20}
         if len(self.evaluated) in self.infeasible:
-            return {**metrics, "accuracy": 0.0}, "infeasible", "latency_ms 9 > 1"
-        return metrics, "ok", ""
-
-    def standalone(self, arch, report):
-        metrics, status, message = self.oneshot(arch)
-        for _ in range(self.config.search.standalone_epochs):
-            report(metrics)
-        return metrics, status, message
+            return TrialResult({**metrics, "accuracy": 0.0}, "infeasible", "latency_ms 9 > 1")
+        return TrialResult(metrics, epochs=self.standalone_epochs)
 
 
 def make_run(tmp_path, name, algorithm, stages=FOUR_STAGES):
@@ -122,10 +117,11 @@ def make_run(tmp_path, name, algorithm, stages=FOUR_STAGES):
     return run, SearchSpace(run.load_space())
 
 
-def search(monkeypatch, run, space, num_trials, seed=0, resume=False, runner=None):
+def search(run, space, num_trials, seed=0, resume=False, runner=None):
     runner = runner or FakeRunner()
-    monkeypatch.setattr(nni_engine, "runner_for", lambda path: runner)
-    nni_engine.search(run, space, num_trials, seed, resume)
+    context = SimpleNamespace(run=run, space=space, runner=runner)
+    outcome = nni_engine.search(context, num_trials, seed, resume)
+    assert outcome.recorded == len(TrialLog(run.trials_csv)) and outcome.wanted == num_trials
     return TrialLog(run.trials_csv).frame(), runner
 
 
@@ -141,7 +137,7 @@ def test_the_space_is_one_categorical_per_stage_over_the_stage_strings(tmp_path)
 
 def test_grid_enumerates_every_arch_of_a_small_space_once(tmp_path, monkeypatch):
     run, space = make_run(tmp_path, "grid", "grid", stages=[{"kernels": [3, 5]}, {"kernels": [3, 5]}, *FOUR_STAGES[2:]])
-    rows, _ = search(monkeypatch, run, space, len(space))
+    rows, _ = search(run, space, len(space))
     assert len(space) == 25 and sorted(rows["arch"]) == sorted(str(arch) for arch in space)
 
 
@@ -149,14 +145,14 @@ def test_the_same_seed_proposes_the_same_archs(tmp_path, monkeypatch):
     sequences = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         run, space = make_run(tmp_path, name, "random")
-        sequences.append(list(search(monkeypatch, run, space, 8, seed=seed)[0]["arch"]))
+        sequences.append(list(search(run, space, 8, seed=seed)[0]["arch"]))
     assert sequences[0] == sequences[1] and sequences[0] != sequences[2]
     assert len(set(sequences[0])) == 8
 
 
 def test_a_trial_that_raises_is_an_error_row_and_the_search_goes_on(tmp_path, monkeypatch):
     run, space = make_run(tmp_path, "errors", "evolution")
-    rows, runner = search(monkeypatch, run, space, 6, runner=FakeRunner(fail={2}))
+    rows, runner = search(run, space, 6, runner=FakeRunner(fail={2}))
     assert len(rows) == 6 and len(runner.evaluated) == 6
     failed = rows.set_index("trial_id").loc["nni_00001"]
     assert failed["status"] == "error" and failed["message"] == "RuntimeError: this arch cannot be evaluated"
@@ -168,7 +164,7 @@ def test_nni_optimizes_accuracy_with_infeasible_archs_at_zero(tmp_path, monkeypa
     reported = []
     monkeypatch.setattr(nni_engine.nni, "report_final_result", reported.append)
     run, space = make_run(tmp_path, "metric", "random")
-    rows, _ = search(monkeypatch, run, space, 5, runner=FakeRunner(fail={2}, infeasible={4}))
+    rows, _ = search(run, space, 5, runner=FakeRunner(fail={2}, infeasible={4}))
     assert list(rows["status"]) == ["ok", "error", "ok", "infeasible", "ok"]
     assert reported == list(rows["accuracy"].drop(index=1)) and reported[2] == 0.0, "an error reports no metric"
     assert rows["latency_ms"].drop(index=1).gt(0).all(), "every objective is recorded, infeasible or not"
@@ -176,14 +172,14 @@ def test_nni_optimizes_accuracy_with_infeasible_archs_at_zero(tmp_path, monkeypa
 
 def test_standalone_trials_train_from_scratch_for_every_epoch(tmp_path, monkeypatch):
     run, space = make_run(tmp_path, "standalone", "random")
-    rows, runner = search(monkeypatch, run, space, 3, runner=FakeRunner(evaluation="standalone"))
+    rows, runner = search(run, space, 3, runner=FakeRunner(evaluation="standalone"))
     assert len(runner.evaluated) == 3 and list(rows["epochs"]) == [2, 2, 2]
 
 
 def test_more_trials_than_archs_is_refused(tmp_path, monkeypatch):
     run, space = make_run(tmp_path, "small", "random", stages=[{"kernels": [3]}])  # one entry for all stages
     with pytest.raises(UserError, match="more than the 1 architectures"):
-        search(monkeypatch, run, space, 2)
+        search(run, space, 2)
 
 
 def test_a_strategy_that_runs_out_of_new_archs_says_so(tmp_path, monkeypatch):
@@ -195,7 +191,7 @@ def test_a_strategy_that_runs_out_of_new_archs_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(nni_engine, "_strategy", impatient_random)
     run, space = make_run(tmp_path, "exhausted", "random", stages=[{"kernels": [3, 5]}, *[{"kernels": [3]}] * 3])
     with pytest.raises(UserError, match=r"random strategy proposed only \d distinct architectures for 5 trials"):
-        search(monkeypatch, run, space, 5)
+        search(run, space, 5)
     assert 1 <= len(TrialLog(run.trials_csv)) < 5
 
 
@@ -203,13 +199,13 @@ def test_a_strategy_that_runs_out_of_new_archs_says_so(tmp_path, monkeypatch):
 def test_resume_replays_recorded_trials_and_evaluates_only_the_rest(tmp_path, monkeypatch, algorithm, num_trials):
     """Evolution with 40 trials holds tournaments of 2, so its proposals depend on the replayed accuracies."""
     run, space = make_run(tmp_path, "whole", algorithm)
-    whole, _ = search(monkeypatch, run, space, num_trials)
+    whole, _ = search(run, space, num_trials)
 
     run, space = make_run(tmp_path, "killed", algorithm)
     kept = num_trials // 2
     whole.head(kept).to_csv(run.trials_csv, index=False)  # what a kill left behind
     before = TrialLog(run.trials_csv).frame()
-    resumed, runner = search(monkeypatch, run, space, num_trials, resume=True)
+    resumed, runner = search(run, space, num_trials, resume=True)
 
     assert len(runner.evaluated) == num_trials - kept, "a recorded trial was evaluated again"
     assert list(resumed["trial_id"]) == list(whole["trial_id"]) and list(resumed["arch"]) == list(whole["arch"])

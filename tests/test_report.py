@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morf_search.arch import Arch
-from morf_search.pareto import hypervolume_2d, hypervolume_curve, nondominated_ranks, pareto_front
-from morf_search.report import write_report
+from morf_search.models.arch import Arch
+from morf_search.report.report import write_report
 from morf_search.rundir import RunDir
-from morf_search.trials import TrialLog, make_row
+from morf_search.search.pareto import hypervolume_2d, hypervolume_curve, nondominated_ranks, pareto_front
+from morf_search.search.trials import TrialLog, make_row
 
 ARCHS = ["k3-static", "k5-static", "k3.5-soft", "k3.5-hard"]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from test_data import write_cifar10
 
 TRIALS = 6
@@ -131,8 +130,8 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
     import ray
     from ray import tune
 
-    from morf_search.engines.ray_tune import TrialRecorder
     from morf_search.rundir import RunDir
+    from morf_search.search.engines.ray_tune import TrialRecorder
 
     (tmp_path / "run").mkdir()
 
@@ -145,7 +144,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path):
     try:
         tuner = tune.Tuner(trainable, param_space={"stage0": tune.grid_search(["k3-static", "k5-static", "k7-static"])},
                            run_config=tune.RunConfig(storage_path=str(tmp_path / "engine"), verbose=0,
-                                                     callbacks=[TrialRecorder(str(tmp_path / "run"), 1, None, 3)]))
+                                                     callbacks=[TrialRecorder(RunDir(tmp_path / "run").trials_csv, 1, None, 3)]))
         tuner.fit()
     finally:
         ray.shutdown()

@@ -4,15 +4,19 @@ import random
 import pytest
 import timm
 import torch
+from test_data import write_cifar10
 from timm.utils import reparameterize_model
 
-from morf_search.config import parse_space
-from morf_search.data import load_splits, make_loader
-from morf_search.evaluate import OneShotEvaluator, preserved_batchnorm, recalibrate_batchnorm
-from morf_search.space import SearchSpace
-from morf_search.supernet import SuperNet
-from morf_search.train import Checkpoint, build_optimizer, fit
-from test_data import write_cifar10
+from morf_search import MoRFConv2d
+from morf_search.context import RunContext
+from morf_search.latency.cost import count_flops, count_params
+from morf_search.rundir import RunDir
+from morf_search.space.schema import dump_space, parse_space
+from morf_search.space.search_space import SearchSpace
+from morf_search.training.data import load_splits, make_loader
+from morf_search.training.evaluate import preserved_batchnorm, recalibrate_batchnorm
+from morf_search.training.loop import Checkpoint, build_optimizer, fit
+from morf_search.training.supernet import SuperNet
 
 TINY_CONVNEXT = {"family": "convnext", "size": "cifar", "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
 TINY_RESNET = {"family": "resnet", "size": "cifar", "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
@@ -106,7 +110,7 @@ def test_killed_training_resumes_from_last_epoch_exactly(tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    from morf_search.fileio import CorruptFileError
+    from morf_search.core.fileio import CorruptFileError
 
     space = SearchSpace(tiny_space(tmp_path))
     with pytest.raises(Killed):
@@ -117,25 +121,33 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         _train(space, tmp_path / "run")
 
 
-def test_oneshot_evaluation_reports_accuracy_params_and_flops(tmp_path):
-    config = tiny_space(tmp_path)
-    space = SearchSpace(config)
-    supernet = SuperNet(space, num_classes=10)
-    evaluator = OneShotEvaluator(supernet, load_splits(config.data), config, torch.device("cpu"))
+def tiny_context(tmp_path, **space):
+    """A run context over a tiny space, with a fresh (untrained) supernet."""
+    config = tiny_space(tmp_path, **space)
+    context = RunContext(RunDir.create(tmp_path / "run", dump_space(config), config.seed, "test"))
+    context.new_supernet()
+    return context
+
+
+def test_oneshot_evaluation_deploys_inherited_weights_and_scores_them(tmp_path):
+    context = tiny_context(tmp_path)
+    space, evaluator = context.space, context.evaluator
+    assert evaluator.supernet is context.supernet and evaluator.val is context.val_batches
+    assert evaluator.calibration == [], "LayerNorm families need no BatchNorm calibration"
     small = space.smallest()
     large = space.from_choices(["k3.5-soft", "k3.5-static", "k3-static", "k1.3-soft"])
-    a, b = evaluator(small), evaluator(large)
-    assert 0 <= a["accuracy"] <= 100 and a["params"] < b["params"] and a["flops"] < b["flops"]
-    deployed = evaluator.deploy(large)
-    assert a == evaluator(small), "evaluating another arch must not disturb the next evaluation"
-    assert b["params"] == sum(p.numel() for p in deployed.parameters())
+    a, b = evaluator.accuracy(small), evaluator.accuracy(large)
+    assert 0 <= a <= 100 and 0 <= b <= 100
+    small_deployed, large_deployed = evaluator.deploy(small), evaluator.deploy(large)
+    assert count_params(small_deployed) < count_params(large_deployed)
+    assert count_flops(small_deployed, (3, 16, 16)) < count_flops(large_deployed, (3, 16, 16))
+    assert not any(isinstance(m, MoRFConv2d) for m in large_deployed.modules()), "scored in deploy form"
+    assert a == evaluator.accuracy(small), "evaluating another arch must not disturb the next evaluation"
 
 
 def test_resnet_subnets_recalibrate_batchnorm_without_disturbing_the_supernet(tmp_path):
-    config = tiny_space(tmp_path, model=TINY_RESNET)
-    space = SearchSpace(config)
-    supernet = SuperNet(space, num_classes=10)
-    evaluator = OneShotEvaluator(supernet, load_splits(config.data), config, torch.device("cpu"))
+    context = tiny_context(tmp_path, model=TINY_RESNET)
+    space, supernet, evaluator = context.space, context.supernet, context.evaluator
     assert evaluator.calibration, "ResNet evaluation needs calibration batches"
     bn = supernet.model.bn1
     before = bn.running_mean.clone()

@@ -15,8 +15,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXt
 from timm.utils import reparameterize_model
 
-from ..arch import Arch, ArchLike
-from ._morf import MoRFModelMixin, morf_from_conv
+from .arch import Arch, ArchLike
+from .base import MoRFModelMixin, morf_from_conv
 
 DEFAULT_ARCH = "k3.5.7-static_k3.5.7-static_k3.5.7-static_k3.5.7-static"
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -103,27 +103,59 @@ default_cfgs = generate_default_cfgs({
 })
 
 # Depths and widths as in timm's convnext_* entrypoints.
-_SIZES = {
-    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True),
-    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True),
-    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True),
-    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True),
-    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-    # 32-64 px inputs: a 1x1 stem keeps full resolution in stage 0, where kernel size matters most.
-    "cifar": dict(depths=(2, 2, 2, 2), dims=(32, 64, 128, 256), patch_size=1, conv_mlp=True),
-}
-CONVNEXT_SIZES = tuple(_SIZES)
 
 
-def _entrypoint(size: str):
-    def create(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
-        return _create(f"morf_convnext_{size}", pretrained, **dict(_SIZES[size], **kwargs))
-    create.__name__ = create.__qualname__ = f"morf_convnext_{size}"
-    create.__doc__ = f"MoRF-ConvNeXt-{size}: timm convnext_{size} layout with MoRF depthwise convs."
-    return register_model(create)
+@register_model
+def morf_convnext_atto(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-atto: timm convnext_atto layout with MoRF depthwise convs."""
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True)
+    return _create("morf_convnext_atto", pretrained, **dict(model_args, **kwargs))
 
 
-for _size in _SIZES:
-    globals()[f"morf_convnext_{_size}"] = _entrypoint(_size)
+@register_model
+def morf_convnext_femto(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-femto: timm convnext_femto layout with MoRF depthwise convs."""
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True)
+    return _create("morf_convnext_femto", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_pico(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-pico: timm convnext_pico layout with MoRF depthwise convs."""
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True)
+    return _create("morf_convnext_pico", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_nano(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-nano: timm convnext_nano layout with MoRF depthwise convs."""
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True)
+    return _create("morf_convnext_nano", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_tiny(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-tiny: timm convnext_tiny layout with MoRF depthwise convs."""
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    return _create("morf_convnext_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_small(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-small: timm convnext_small layout with MoRF depthwise convs."""
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+    return _create("morf_convnext_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_base(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt-base: timm convnext_base layout with MoRF depthwise convs."""
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create("morf_convnext_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_convnext_cifar(pretrained: bool = False, **kwargs) -> MoRFConvNeXt:
+    """MoRF-ConvNeXt for 32-64 px images: a 1x1 stem keeps full resolution in stage 0, where kernel size matters most."""
+    model_args = dict(depths=(2, 2, 2, 2), dims=(32, 64, 128, 256), patch_size=1, conv_mlp=True)
+    return _create("morf_convnext_cifar", pretrained, **dict(model_args, **kwargs))

@@ -14,8 +14,8 @@ from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..arch import Arch, ArchLike
-from ._morf import MoRFModelMixin, morf_from_conv
+from .arch import Arch, ArchLike
+from .base import MoRFModelMixin, morf_from_conv
 from .morf_convnext import CIFAR_MEAN, CIFAR_STD
 
 DEFAULT_ARCH = "k1.3-static_k1.3-static_k1.3-static_k1.3-static"
@@ -83,24 +83,31 @@ default_cfgs = generate_default_cfgs({
 })
 
 # Block types and depths as in timm's resnet* entrypoints.
-_SIZES = {
-    "18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
-    "26": dict(block=Bottleneck, layers=(2, 2, 2, 2)),
-    "50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
-    "_cifar": dict(block=BasicBlock, layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), small_input=True),
-}
-RESNET_SIZES = tuple(s.lstrip("_") for s in _SIZES)
 
 
-def _entrypoint(size: str):
-    name = f"morf_resnet{size}"
-
-    def create(pretrained: bool = False, **kwargs) -> MoRFResNet:
-        return _create(name, pretrained, **dict(_SIZES[size], **kwargs))
-    create.__name__ = create.__qualname__ = name
-    create.__doc__ = f"MoRF-ResNet{size}: timm {name[5:]} layout with MoRF 3x3 convs."
-    return register_model(create)
+@register_model
+def morf_resnet18(pretrained: bool = False, **kwargs) -> MoRFResNet:
+    """MoRF-ResNet18: timm resnet18 layout with MoRF 3x3 convs."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    return _create("morf_resnet18", pretrained, **dict(model_args, **kwargs))
 
 
-for _size in _SIZES:
-    globals()[f"morf_resnet{_size}"] = _entrypoint(_size)
+@register_model
+def morf_resnet26(pretrained: bool = False, **kwargs) -> MoRFResNet:
+    """MoRF-ResNet26: timm resnet26 layout with MoRF 3x3 convs."""
+    model_args = dict(block=Bottleneck, layers=(2, 2, 2, 2))
+    return _create("morf_resnet26", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_resnet50(pretrained: bool = False, **kwargs) -> MoRFResNet:
+    """MoRF-ResNet50: timm resnet50 layout with MoRF 3x3 convs."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+    return _create("morf_resnet50", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def morf_resnet_cifar(pretrained: bool = False, **kwargs) -> MoRFResNet:
+    """MoRF-ResNet for 32-64 px images: basic blocks, narrow stages, a 3x3 stride-1 stem without max-pool."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), small_input=True)
+    return _create("morf_resnet_cifar", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,125 @@
+"""RunContext: what every phase, trial and finalist of one run shares, built once per process.
+
+Built from the run directory (its space snapshot and manifest), it holds the config, the
+search space, the device, the data splits and class names, and, on first use, the
+validation and BatchNorm-calibration batches, the trained supernet, the one-shot evaluator,
+the latency estimator and the trial runner. Phases, engines and finalists take it instead
+of rebuilding any of these. Pickled (Ray ships it to trial workers) it travels as its run
+directory's path, and each worker process opens it once.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from .core.device import resolve_device
+from .core.fileio import load_weights
+from .latency import estimator
+from .latency.setup import LatencySetup
+from .rundir import RunDir
+from .search.runner import TrialRunner
+from .space.search_space import SearchSpace
+from .training.data import DataSplits, load_splits, make_loader
+from .training.evaluate import Batches, OneShotEvaluator, cache_batches
+from .training.supernet import SuperNet
+
+_OPEN: Dict[str, "RunContext"] = {}
+
+
+class RunContext:
+    """One run's shared state; cheap parts at once, expensive ones on first use."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.config = run.load_space()
+        self.space = SearchSpace(self.config)
+        self.device: torch.device = resolve_device(self.config.device)
+
+    @classmethod
+    def open(cls, path: Path) -> "RunContext":
+        """This process's context for the run at ``path`` (trial workers reuse it across trials)."""
+        key = str(Path(path).resolve())
+        if key not in _OPEN:
+            _OPEN[key] = cls(RunDir.open(Path(key)))
+        return _OPEN[key]
+
+    def __reduce__(self):
+        return RunContext.open, (str(self.run.path.resolve()),)
+
+    # -- data ---------------------------------------------------------------------------------
+    @cached_property
+    def splits(self) -> DataSplits:
+        return load_splits(self.config.data)
+
+    @property
+    def classes(self) -> List[str]:
+        return self.splits.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes or self.splits.num_classes
+
+    def train_loader(self) -> DataLoader:
+        """A fresh, seeded loader over the training split (each training run reseeds it per epoch)."""
+        data = self.config.data
+        return make_loader(self.splits.train, data.batch_size, data.workers, shuffle=True, seed=self.config.seed,
+                           drop_last=True)
+
+    @cached_property
+    def val_batches(self) -> Batches:
+        """The validation images every candidate, reference and finalist is scored on (``search.eval_images``)."""
+        data = self.config.data
+        return cache_batches(make_loader(self.splits.val, data.batch_size, data.workers, shuffle=False,
+                                         limit=self.config.search.eval_images))
+
+    @cached_property
+    def calibration_batches(self) -> Batches:
+        """Training images that re-estimate BatchNorm statistics per arch; none for families without BatchNorm."""
+        if not self.space.family.uses_batchnorm:
+            return []
+        data = self.config.data
+        return cache_batches(make_loader(self.splits.calibration, data.batch_size, data.workers, shuffle=True,
+                                         seed=self.config.seed),
+                             max_batches=self.config.supernet.bn_calibration_batches)
+
+    # -- models ---------------------------------------------------------------------------------
+    def new_supernet(self) -> SuperNet:
+        """A freshly initialized supernet (seeded), which becomes this context's once trained."""
+        torch.manual_seed(self.config.seed)
+        supernet = SuperNet(self.space, self.num_classes, self.device)
+        self.__dict__["supernet"] = supernet
+        self.__dict__.pop("evaluator", None)
+        return supernet
+
+    @cached_property
+    def supernet(self) -> Optional[SuperNet]:
+        """The trained supernet from the run directory, or None for a run without one (standalone search)."""
+        if not self.run.supernet_weights.is_file():
+            return None
+        supernet = SuperNet(self.space, self.num_classes, self.device)
+        supernet.model.load_state_dict(load_weights(self.run.supernet_weights, self.device))
+        return supernet
+
+    @cached_property
+    def evaluator(self) -> Optional[OneShotEvaluator]:
+        supernet = self.supernet
+        if supernet is None:
+            return None
+        return OneShotEvaluator(supernet, self.val_batches, self.calibration_batches, self.device)
+
+    # -- cost and trials ----------------------------------------------------------------------
+    @cached_property
+    def latency_setup(self) -> LatencySetup:
+        return estimator.latency_setup(self.space)
+
+    @cached_property
+    def latency(self) -> estimator.Estimator:
+        return estimator.latency_estimator(self.space)
+
+    @cached_property
+    def runner(self) -> TrialRunner:
+        return TrialRunner(self)

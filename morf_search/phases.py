@@ -1,0 +1,190 @@
+"""``morf-search run``: supernet, search, Pareto front, finalists and report, resumable.
+
+Each phase records its status and timing in the manifest and is skipped on ``--resume``
+once done. Supernet training resumes from its last finished epoch and the search from the
+engine's own state, so a stopped or killed run loses at most the epoch or trials in flight.
+A phase says how it ended; one that stopped early (the engine was interrupted) ends the run
+as ``stopped``, to be continued with ``--resume``.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .context import RunContext
+from .core.errors import UserError
+from .core.fileio import atomic_write
+from .core.progress import say
+from .finalists.finalize import run_finalists
+from .latency.backends import get_backend
+from .latency.estimator import latency_setup, warm_latency_table
+from .latency.harness import environment, thread_count
+from .report.report import write_report
+from .rundir import RunDir
+from .search.engines import get_engine
+from .search.pareto import pareto_front
+from .search.trials import TrialLog, make_row
+from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
+from .space.search_space import SearchSpace
+from .training.evaluate import top1_accuracy
+from .training.loop import Checkpoint, fit
+
+DONE, STOPPED = "done", "stopped"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A run directory and how the command left it: ``done`` or ``stopped`` (continue with ``--resume``)."""
+
+    run: RunDir
+    status: str
+    resume_hint: str = ""
+
+
+def _with_overrides(space: SpaceFile, engine: Optional[str], trials: Optional[int], seed: Optional[int]) -> SpaceFile:
+    data = space.model_dump(mode="json")
+    if engine:
+        data["search"]["engine"] = engine
+        if data["search"]["algorithm"] not in ALGORITHMS[engine]:
+            data["search"]["algorithm"] = "random"  # the space's algorithm belongs to the other engine
+    if trials:
+        data["search"]["num_trials"] = trials
+    if seed is not None:
+        data["seed"] = seed
+    return parse_space(data, "command line")
+
+
+def train_supernet_phase(context: RunContext) -> str:
+    config, run = context.config, context.run
+    supernet = context.new_supernet()
+    probe = context.space.largest()
+
+    def evaluate(model):  # the largest arch's accuracy traces the supernet's training curve
+        supernet.activate(probe)
+        return {"val_accuracy_largest": top1_accuracy(model, context.val_batches, context.device)}
+
+    history = fit(supernet.model, context.train_loader(), config.supernet, context.device,
+                  sampler=lambda rng: supernet.sample(rng, config.supernet.sampling),
+                  checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
+                  label="supernet")
+    run.set_phase("supernet", "running", history=history)
+    run.record_files(run.supernet_weights)
+    return DONE
+
+
+def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
+    if run.phase_done(name):
+        say(f"{name}: done earlier, skipped")
+        return DONE
+    started = time.perf_counter()
+    previous = run.manifest()["phases"].get(name, {}).get("seconds", 0.0)
+    run.set_phase(name, "running")
+    try:
+        status = action()
+    except KeyboardInterrupt:
+        run.set_phase(name, STOPPED, seconds=previous + time.perf_counter() - started)
+        raise
+    except Exception as err:
+        run.set_phase(name, "failed", seconds=previous + time.perf_counter() - started, error=str(err)[:500])
+        raise
+    run.set_phase(name, status, seconds=previous + time.perf_counter() - started)
+    return status
+
+
+def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[str] = None,
+                address: Optional[str] = None, resume: bool = False, trials: Optional[int] = None,
+                seed: Optional[int] = None, runs_root: Path = Path("runs")) -> RunOutcome:
+    if resume:
+        if engine or trials or seed is not None:
+            raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
+                            "cannot change it (start a new run with --name instead)")
+        run_name = name or load_space(space_path).name or Path(space_path).stem
+        run = RunDir.open(runs_root / run_name)
+    else:
+        config = _with_overrides(load_space(space_path), engine, trials, seed)
+        run_name = name or config.name or Path(space_path).stem
+        snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
+        run = RunDir.create(runs_root / run_name, snapshot, config.seed,
+                            command=shlex.join(["morf-search", *sys.argv[1:]]))
+        setup = latency_setup(SearchSpace(config))
+        with thread_count(setup.threads):
+            run.update_manifest(environment={**environment(setup.device),
+                                             **get_backend(setup.backend).environment()})
+    context = RunContext(run)
+    config = context.config
+    hint = f"morf-search run {space_path} --name {run.path.name} --resume"
+    say(f"run {run.path}: {config.model.timm_name}, {config.search.engine}/{config.search.algorithm}, "
+        f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
+    phases = [("search", lambda: _search_phase(context, resume, address)),
+              ("pareto", lambda: _pareto_phase(context)),
+              ("finalists", lambda: _finalists_phase(context)),
+              ("report", lambda: _report_phase(context))]
+    if config.search.evaluation == "oneshot":
+        phases.insert(0, ("supernet", lambda: train_supernet_phase(context)))
+    try:
+        for phase, action in phases:
+            if _phase(run, phase, action) == STOPPED:
+                say(f"{phase}: stopped early; continue with: {hint}")
+                return RunOutcome(run, STOPPED, hint)
+    except KeyboardInterrupt:
+        say(f"stopped; continue with: {hint}")
+        raise
+    return RunOutcome(run, DONE)
+
+
+def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> str:
+    config, run = context.config, context.run
+    run.update_manifest(classes=context.classes)
+    measured = warm_latency_table(context.space, context.num_classes)
+    if measured:
+        say(f"latency table: measured {measured} new unit configurations")
+    outcome = get_engine(config.search.engine).search(context, config.search.num_trials,
+                                                      config.search.seed or config.seed, resume, address)
+    run.record_files(run.trials_csv)
+    if not outcome.finished:
+        return STOPPED
+    evaluate_references(context)
+    return DONE
+
+
+def evaluate_references(context: RunContext) -> None:
+    """Score the space's single-receptive-field archs (k3 everywhere, k5 everywhere, ...) for comparison."""
+    references = context.space.single_field_references()
+    if not references:
+        return
+    log = TrialLog(context.run.references_csv)
+    done = set(log.frame().get("arch", []))
+    for arch in references:
+        if str(arch) in done:
+            continue
+        started = time.perf_counter()
+        result = context.runner.evaluate(arch)
+        log.append(make_row(f"reference-{arch}", arch, result.metrics, result.status, result.message,
+                            time.perf_counter() - started, "reference"))
+    say(f"references: {', '.join(str(a.stages[0]) + ' everywhere' for a in references)}")
+
+
+def _pareto_phase(context: RunContext) -> str:
+    config, run = context.config, context.run
+    frame = TrialLog(run.trials_csv).frame()
+    front = pareto_front(frame, config.search.objectives, config.search.constraints)
+    atomic_write(run.pareto_csv, lambda tmp: front.to_csv(tmp, index=False))
+    run.record_files(run.pareto_csv)
+    say(f"pareto: {len(front)} architectures on the front of {len(frame)} trials")
+    return DONE
+
+
+def _finalists_phase(context: RunContext) -> str:
+    finalists = context.config.finalists
+    if finalists.top_k or finalists.latency_budgets:
+        run_finalists(context)
+    return DONE
+
+
+def _report_phase(context: RunContext) -> str:
+    say(f"report: {write_report(context.run)}")
+    return DONE

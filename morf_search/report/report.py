@@ -1,0 +1,135 @@
+"""``morf-search report``: the run's figures and report.md, from whatever the run holds so far.
+
+Works on a finished run, a partly finished one (sections say what is missing) and one with
+failed trials. Hypervolumes use a stated reference point: accuracy 0 % and 1.1 x the
+slowest evaluated latency, unless the caller fixes one (to compare runs).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from ..core.fileio import write_text
+from ..rundir import PHASES, RunDir
+from ..search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
+from ..search.trials import TrialLog
+from ..space.search_space import SearchSpace
+from .plots import plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
+
+OBJECTIVES_2D = ("accuracy", "latency_ms")
+
+
+def hypervolume_reference(frames: Sequence[pd.DataFrame]) -> Tuple[float, float]:
+    """(accuracy 0 %, 1.1 x the slowest evaluated latency) over the given trial tables."""
+    latencies = [f.loc[f["status"] == "ok", "latency_ms"].max() for f in frames if not f.empty]
+    latencies = [v for v in latencies if pd.notna(v)]
+    return 0.0, round(1.1 * max(latencies), 6) if latencies else 1.0
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+
+
+def _table(frame: pd.DataFrame, columns: List[str], floatfmt: str = ".3g") -> str:
+    present = [c for c in columns if c in frame]
+    return frame[present].to_markdown(index=False, floatfmt=floatfmt) if not frame.empty else "_none yet_"
+
+
+def run_title(run: RunDir, config, environment: Optional[dict]) -> str:
+    hardware = f"{environment['cpu']}, {environment['threads']} threads" if environment else "hardware unknown"
+    return f"{run.path.name}: {config.model.timm_name} on {config.data.dataset} ({hardware})"
+
+
+def write_report(run: RunDir) -> Path:
+    config = run.load_space()
+    manifest = run.manifest()
+    environment = manifest.get("environment")
+    trials = TrialLog(run.trials_csv).frame()
+    references = _read(run.references_csv)
+    finalists = _read(run.finalists_csv)
+    constraints = config.search.constraints
+    front = pareto_front(trials, OBJECTIVES_2D, constraints) if not trials.empty else pd.DataFrame()
+    title = run_title(run, config, environment)
+    figures: List[Tuple[str, Path]] = []
+
+    if not trials.empty:
+        plot_accuracy_latency(trials, front, finalists, references, constraints.get("latency_ms"), title,
+                              run.plots / "accuracy_latency")
+        figures.append(("Accuracy against latency", run.plots / "accuracy_latency.png"))
+        reference = hypervolume_reference([trials])
+        curve = hypervolume_curve(trials, OBJECTIVES_2D, reference, constraints)
+        plot_search_progress({run.path.name: curve}, reference, title, run.plots / "search_progress")
+        figures.append(("Search progress", run.plots / "search_progress.png"))
+    routing = {}
+    for _, row in finalists.iterrows():
+        stats_file = run.finalist_dir(row["arch"]) / "routing.json"
+        if stats_file.is_file():
+            stats = json.loads(stats_file.read_text())
+            if stats:
+                routing[row["arch"]] = stats
+    if routing:
+        plot_routing(routing, classes=manifest.get("classes", []), title=f"Expert usage on validation images — {title}",
+                     stem=run.plots / "routing")
+        figures.append(("Routing of the finalists", run.plots / "routing.png"))
+    history = manifest["phases"].get("supernet", {}).get("history")
+    if history:
+        plot_training_curve(history, f"Supernet training — {title}", run.plots / "supernet_training")
+        figures.append(("Supernet training", run.plots / "supernet_training.png"))
+
+    lines = [f"# Run `{run.path.name}`", "", f"{title}.", ""]
+    lines += _space_section(config)
+    lines += ["## Phases", "", _phase_table(manifest), ""]
+    for caption, path in figures:
+        lines += [f"## {caption}", "", f"![{caption}]({path.relative_to(run.path)})", ""]
+    if not trials.empty:
+        ok = trials[trials["status"] == "ok"]
+        lines += ["## Trials", "",
+                  f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
+                  + f". Hypervolume of the front: {hypervolume_2d(front, OBJECTIVES_2D, reference):.4g} "
+                    f"(reference: accuracy {reference[0]:g} %, latency {reference[1]:.4g} ms).", "",
+                  "### Most accurate architectures", "",
+                  _table(ok.nlargest(10, "accuracy"), ["arch", "accuracy", "latency_ms", "params", "flops"]), "",
+                  "### Pareto front", "", _table(front, ["arch", "accuracy", "latency_ms", "params", "flops"]), ""]
+        errors = trials[trials["status"] == "error"]
+        if not errors.empty:
+            lines += ["### Failed trials", "", _table(errors, ["trial_id", "arch", "message"]), ""]
+    else:
+        lines += ["## Trials", "", "_no trials yet_", ""]
+    if not references.empty:
+        lines += ["### Single receptive field references", "",
+                  _table(references, ["arch", "accuracy", "latency_ms", "params", "flops"]), ""]
+    lines += ["## Finalists", "", _table(finalists, [
+        "arch", "accuracy_oneshot", "accuracy_finetuned", "train_latency_ms", "latency_ms", "params", "flops",
+        "max_abs_diff", "verified", "plain_timm"]), ""]
+    for _, row in finalists.iterrows():
+        lines += [f"- `{row['arch']}`: `{row['export']}/`", "",
+                  "  ```python", "  import timm" + ("" if row.get("plain_timm") else ", morf_search"),
+                  f"  model = timm.create_model('local-dir:{run.path / row['export']}', pretrained=True)",
+                  "  ```", ""]
+    lines += ["## Environment", "", "```", json.dumps({"versions": manifest.get("versions"),
+                                                      "latency_hardware": environment,
+                                                      "latency_setup": config.latency.model_dump()}, indent=2),
+              "```", ""]
+    return write_text(run.report_file, "\n".join(lines))
+
+
+def _space_section(config) -> List[str]:
+    space = SearchSpace(config)
+    search = config.search
+    lines = ["## Space", "",
+             f"- model `{config.model.timm_name}` {config.model.timm_kwargs() or ''}, data `{config.data.dataset}` "
+             f"at {config.data.image_size} px",
+             f"- {len(space):,} architectures; engine {search.engine}/{search.algorithm}, {search.num_trials} trials, "
+             f"{search.evaluation} evaluation; objectives {', '.join(search.objectives)}; "
+             f"constraints {search.constraints or 'none'}"]
+    lines += [f"- {line}" for line in space.describe()]
+    return lines + [""]
+
+
+def _phase_table(manifest: dict) -> str:
+    rows = [{"phase": p, "status": manifest["phases"].get(p, {}).get("status", "not started"),
+             "seconds": manifest["phases"].get(p, {}).get("seconds")} for p in PHASES]
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f")

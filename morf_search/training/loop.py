@@ -1,0 +1,132 @@
+"""Training loop shared by the supernet, standalone trials and finalist fine-tuning.
+
+timm's factories provide the optimizer, the warm-up + cosine schedule and label smoothing;
+hard-routed MoRF layers add their load-balancing loss. After every epoch the weights
+(safetensors) and the rest of the state (optimizer, scheduler position, RNG, history) are
+written atomically, so a killed run resumes from its last finished epoch.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader
+
+from ..core.fileio import load_state, load_weights, save_state, save_weights
+from ..core.progress import bar, say
+from ..layer.morf_conv import total_balance_loss
+from ..models.arch import Arch
+from ..space.schema import TrainingConfig
+
+ArchSampler = Callable[[random.Random], Sequence[Arch]]
+
+
+@dataclass
+class Checkpoint:
+    """Where a training run keeps its weights and its resumable state."""
+
+    weights: Path
+    state: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path, name: str) -> "Checkpoint":
+        return cls(Path(directory) / f"{name}.safetensors", Path(directory) / f"{name}.state.pt")
+
+    def exists(self) -> bool:
+        return self.weights.is_file() and self.state.is_file()
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch: int, epochs: int):
+    """timm's optimizer and a per-update schedule that spans exactly ``epochs``."""
+    optimizer = create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    warmup_epochs = min(config.warmup_epochs, max(epochs - 1, 0))  # leave at least one epoch to decay
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=config.schedule, num_epochs=epochs, warmup_epochs=warmup_epochs,
+        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    return optimizer, scheduler
+
+
+def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: torch.device, *,
+        sampler: Optional[ArchSampler] = None, checkpoint: Optional[Checkpoint] = None, seed: int = 0,
+        evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None, label: str = "train",
+        epochs: Optional[int] = None) -> List[dict]:
+    """Train ``model`` for ``config.epochs`` (or ``epochs``) and return the per-epoch history.
+
+    With a ``sampler``, each step activates the archs it returns (``model.set_arch``) and
+    accumulates their gradients before one optimizer step: one arch is uniform sampling,
+    largest + smallest + random is the sandwich rule. ``evaluate`` adds metrics per epoch.
+    An existing ``checkpoint`` is resumed; one for a finished run returns its history.
+    """
+    epochs = config.epochs if epochs is None else epochs
+    optimizer, scheduler = build_optimizer(model, config, len(loader), epochs)
+    criterion = LabelSmoothingCrossEntropy(config.label_smoothing) if config.label_smoothing else nn.CrossEntropyLoss()
+    rng = random.Random(seed)
+    history: List[dict] = []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_state(checkpoint.state)
+        model.load_state_dict(load_weights(checkpoint.weights, device), strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(_as_random_state(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        history, start = list(state["history"]), state["epoch"]
+        if start < epochs:
+            say(f"{label}: resuming after epoch {start}/{epochs}")
+    model.to(device)
+    for epoch in range(start, epochs):
+        model.train()
+        # Same data order and augmentation on resume: timm's transforms draw from Python's global
+        # random module when the loader runs in this process.
+        epoch_seed = seed * 1_000_003 + epoch
+        loader.generator.manual_seed(epoch_seed)
+        random.seed(epoch_seed)
+        began, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        batches = bar(loader, len(loader), f"{label} epoch {epoch + 1}/{epochs}")
+        for step, (images, targets) in enumerate(batches):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            archs = sampler(rng) if sampler else [None]
+            for arch in archs:
+                if arch is not None:
+                    model.set_arch(arch)
+                loss = criterion(model(images), targets)
+                balance = total_balance_loss(model)
+                if balance is not None and config.balance_loss_weight:
+                    loss = loss + config.balance_loss_weight * balance
+                loss.backward()
+                loss_sum += loss.item() / len(archs)
+            optimizer.step()
+            scheduler.step_update(epoch * len(loader) + step + 1)
+            seen += len(targets)
+            steps += 1
+            if hasattr(batches, "set_postfix") and step % 10 == 0:  # a live bar on a terminal
+                batches.set_postfix(loss=f"{loss_sum / steps:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - began):.0f}", refresh=False)
+        seconds = time.perf_counter() - began
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": seconds, "images_per_s": seen / seconds}
+        if evaluate is not None:
+            record.update(evaluate(model))
+        history.append(record)
+        say(f"{label} epoch {epoch + 1}/{epochs}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",)))
+        if checkpoint is not None:
+            save_weights(checkpoint.weights, model.state_dict())
+            save_state(checkpoint.state, {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                                          "torch_rng": torch.get_rng_state(), "history": history,
+                                          "epoch": epoch + 1})
+    return history
+
+
+def _as_random_state(state):
+    """``random.setstate`` wants tuples; the saved state may come back with lists."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

@@ -1,0 +1,66 @@
+"""SuperNet: one MoRF model whose layers hold every candidate expert of a search space.
+
+``activate(arch)`` selects, per stage, the arch's experts and routing mode; every sub-arch
+therefore inherits the shared weights. Training samples archs per step, uniformly or by
+the sandwich rule (largest, smallest and a random arch every step).
+"""
+from __future__ import annotations
+
+import copy
+import random
+from typing import List
+
+import torch
+import torch.nn as nn
+
+from ..core.errors import UserError
+from ..layer.morf_conv import MoRFConv2d
+from ..models.arch import Arch
+from ..space.search_space import SearchSpace
+
+
+class SuperNet:
+    """A search space's weight-sharing model and the rules for walking its sub-archs."""
+
+    def __init__(self, space: SearchSpace, num_classes: int, device: torch.device = torch.device("cpu")):
+        self.space = space
+        self.model: nn.Module = space.build_model(space.supernet_arch, num_classes, routings=space.routings,
+                                                  gumbel=space.config.supernet.gumbel).to(device)
+        self._check_input_size(space.config.data.image_size, device)
+
+    def _check_input_size(self, image_size: int, device: torch.device) -> None:
+        """Fail early, and clearly, when the images are too small for the network's downsampling."""
+        try:
+            with torch.no_grad():
+                self.model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+        except RuntimeError as err:
+            raise UserError(f"data.image_size: {image_size} px images are too small for "
+                            f"{self.space.config.model.timm_name} with these model args ({err})") from None
+
+    def activate(self, arch: Arch) -> nn.Module:
+        """Switch the shared model to ``arch`` (which must belong to the space) and return it."""
+        if arch not in self.space:
+            raise ValueError(f"arch {arch}: not in this search space")
+        self.model.set_arch(arch)
+        return self.model
+
+    def extract(self, arch: Arch) -> nn.Module:
+        """A standalone training-form model of ``arch`` that inherits the supernet's weights.
+
+        Its state dict loads strictly into ``timm.create_model(name, arch=arch)``; used to
+        fine-tune finalists from where the supernet left them.
+        """
+        self.activate(arch)
+        model = copy.deepcopy(self.model)
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, MoRFConv2d):
+                    setattr(parent, name, child.extract_active())
+        model.arch = arch
+        return model
+
+    def sample(self, rng: random.Random, rule: str = "uniform") -> List[Arch]:
+        """The archs one training step trains: one uniform sample, or the sandwich's three."""
+        if rule == "sandwich":
+            return [self.space.largest(), self.space.smallest(), self.space.sample(rng)]
+        return [self.space.sample(rng)]
