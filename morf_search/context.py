@@ -63,11 +63,11 @@ class RunContext:
     def num_classes(self) -> int:
         return self.config.model.num_classes or self.splits.num_classes
 
-    def train_loader(self) -> DataLoader:
+    def train_loader(self, seed: Optional[int] = None) -> DataLoader:
         """A fresh, seeded loader over the training split (each training run reseeds it per epoch)."""
         data = self.config.data
-        return make_loader(self.splits.train, data.batch_size, data.workers, shuffle=True, seed=self.config.seed,
-                           drop_last=True)
+        return make_loader(self.splits.train, data.batch_size, data.workers, shuffle=True,
+                           seed=self.config.seed if seed is None else seed, drop_last=True)
 
     @cached_property
     def val_batches(self) -> Batches:

@@ -23,15 +23,18 @@ from .finalists.finalize import run_finalists
 from .latency.backends import get_backend
 from .latency.estimator import latency_setup, warm_latency_table
 from .latency.harness import environment, thread_count
+from .models.arch import Arch
 from .report.report import write_report
 from .rundir import RunDir
 from .search.engines import get_engine
+from .search.fidelity import best_per_latency_stratum, rank_agreement, verdict
 from .search.pareto import pareto_front
-from .search.trials import TrialLog, make_row
+from .search.trials import TrialLog, make_row, routing_fields
 from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
 from .training.evaluate import top1_accuracy
 from .training.loop import Checkpoint, fit
+from .training.routing_stats import RoutingRecorder
 
 DONE, STOPPED = "done", "stopped"
 
@@ -63,12 +66,20 @@ def train_supernet_phase(context: RunContext) -> str:
     supernet = context.new_supernet()
     probe = context.space.largest()
 
-    def evaluate(model):  # the largest arch's accuracy traces the supernet's training curve
+    flagged = set()
+
+    def evaluate(model):  # the largest arch traces the supernet's training curve and its routers
         supernet.activate(probe)
-        return {"val_accuracy_largest": top1_accuracy(model, context.val_batches, context.device)}
+        with RoutingRecorder(model) as recorder:
+            accuracy = top1_accuracy(model, context.val_batches, context.device, recorder)
+        routing = recorder.summary()
+        for flag in {entry["flag"] for entry in routing if entry["flag"]} - flagged:
+            say(f"supernet routing of the largest arch: {flag}")
+            flagged.add(flag)
+        return {"val_accuracy_largest": accuracy, **routing_fields(routing)}
 
     history = fit(supernet.model, context.train_loader(), config.supernet, context.device,
-                  sampler=lambda rng: supernet.sample(rng, config.supernet.sampling),
+                  sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
                   checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
                   label="supernet")
     run.set_phase("supernet", "running", history=history)
@@ -121,6 +132,7 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
         f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
     phases = [("search", lambda: _search_phase(context, resume, address)),
               ("pareto", lambda: _pareto_phase(context)),
+              ("rank_check", lambda: _rank_check_phase(context)),
               ("finalists", lambda: _finalists_phase(context)),
               ("report", lambda: _report_phase(context))]
     if config.search.evaluation == "oneshot":
@@ -163,8 +175,9 @@ def evaluate_references(context: RunContext) -> None:
             continue
         started = time.perf_counter()
         result = context.runner.evaluate(arch)
-        log.append(make_row(f"reference-{arch}", arch, result.metrics, result.status, result.message,
-                            time.perf_counter() - started, "reference"))
+        log.append({**make_row(f"reference-{arch}", arch, result.metrics, result.status, result.message,
+                               time.perf_counter() - started, "reference"),
+                    "role": "single receptive field everywhere", "trained": context.config.search.evaluation})
     say(f"references: {', '.join(str(a.stages[0]) + ' everywhere' for a in references)}")
 
 
@@ -175,6 +188,35 @@ def _pareto_phase(context: RunContext) -> str:
     atomic_write(run.pareto_csv, lambda tmp: front.to_csv(tmp, index=False))
     run.record_files(run.pareto_csv)
     say(f"pareto: {len(front)} architectures on the front of {len(frame)} trials")
+    return DONE
+
+
+def _rank_check_phase(context: RunContext) -> str:
+    """Train ``search.rank_check`` archs spread over the front standalone; how well did one-shot rank them?"""
+    config, run = context.config, context.run
+    count = config.search.rank_check
+    if not count or config.search.evaluation != "oneshot":
+        return DONE
+    log = TrialLog(run.rank_check_csv)
+    done = log.frame()
+    trained = {a: float(v) for a, v in zip(done["arch"], done["standalone_accuracy"])} if not done.empty else {}
+    picked = best_per_latency_stratum(TrialLog(run.trials_csv).frame(), count)
+    epochs = config.supernet.epochs
+    for _, row in picked.iterrows():
+        if row["arch"] not in trained:
+            result = context.runner.standalone(Arch.parse(row["arch"]), epochs=epochs)
+            trained[row["arch"]] = result.metrics["accuracy"]
+            log.append({"trial_id": row["arch"], "arch": row["arch"], "latency_ms": row["latency_ms"],
+                        "oneshot_accuracy": row["accuracy"], "standalone_accuracy": trained[row["arch"]],
+                        "standalone_epochs": epochs})
+    if len(picked) < 3:
+        say(f"rank check: only {len(picked)} evaluated archs, too few to rank")
+        return DONE
+    agreement = rank_agreement(picked["accuracy"], [trained[a] for a in picked["arch"]])
+    message = verdict(agreement)
+    run.update_manifest(rank_check={**agreement.as_dict(), "verdict": message, "standalone_epochs": epochs})
+    say(f"rank check: {agreement.describe()}")
+    say(f"rank check: {message}")
     return DONE
 
 

@@ -18,7 +18,7 @@ from .core.errors import UserError
 from .core.fileio import file_hash, read_json, write_json, write_text
 from .space.schema import SpaceFile, load_space
 
-PHASES = ("supernet", "search", "pareto", "finalists", "report")
+PHASES = ("supernet", "search", "pareto", "rank_check", "finalists", "report")
 TRACKED_PACKAGES = ("morf-search", "torch", "torchvision", "timm", "ray", "optuna", "nni", "pandas", "safetensors")
 
 
@@ -67,6 +67,10 @@ class RunDir:
     @property
     def finalists_csv(self) -> Path:
         return self.path / "finalists.csv"
+
+    @property
+    def rank_check_csv(self) -> Path:
+        return self.path / "rank_check.csv"
 
     @property
     def supernet_weights(self) -> Path:

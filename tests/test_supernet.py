@@ -90,7 +90,7 @@ def _train(space, checkpoint_dir, kill_in_epoch=None):
         return {}
 
     history = fit(supernet.model, loader, config.supernet, torch.device("cpu"),
-                  sampler=lambda rng: supernet.sample(rng, "sandwich"), evaluate=evaluate,
+                  sampler=lambda rng, epoch: supernet.sample(rng, "sandwich"), evaluate=evaluate,
                   checkpoint=Checkpoint.in_dir(checkpoint_dir, "supernet"), seed=0, label="test")
     return supernet, history
 

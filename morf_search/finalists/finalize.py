@@ -1,12 +1,20 @@
-"""Winners: fine-tune each finalist, re-parameterize, verify, re-measure and export it.
+"""Winners: fine-tune each finalist, re-parameterize, verify, re-measure and export it, then hold it
+against the networks a user would otherwise have trained.
 
-Each finalist is fine-tuned from the supernet's weights (resumable), re-parameterized,
-checked against its training form on validation images, timed in both forms and exported
-in timm's layout (with ONNX when ``export.onnx`` or ``--onnx`` asks for it).
+Each finalist is fine-tuned from the supernet's weights (resumable) once per seed of
+``finalists.seeds``, re-parameterized, checked against its training form on validation
+images, timed in both forms, and exported in timm's layout from its first seed (with ONNX
+when ``export.onnx`` or ``--onnx`` asks for it). Baselines get the same compute: the
+family's own default network (ConvNeXt: 7x7 everywhere; ResNet: 3x3 everywhere) and, for
+each finalist, the single-receptive-field arch of the space nearest to it in latency. A
+baseline inside the space is fine-tuned from the supernet exactly like a finalist; one
+outside it is trained from scratch for the supernet's plus the fine-tuning epochs. All are
+timed with the same latency setup.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+import statistics
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -27,14 +35,24 @@ from .select import select_finalists
 VERIFY_TOLERANCE = 1e-5
 
 
+def mean_and_spread(values: Sequence[float]) -> tuple:
+    """Mean and sample standard deviation (None for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
 class Finalizer:
-    """Fine-tunes and exports archs of one run, sharing data and supernet across them."""
+    """Fine-tunes, checks, times and exports archs of one run, sharing data and supernet across them."""
 
     def __init__(self, context):
         self.context = context
         self.run, self.config, self.space = context.run, context.config, context.space
         self.device, self.setup = context.device, context.latency_setup
         self.val = context.val_batches
+
+    @property
+    def seeds(self) -> List[int]:
+        return [self.config.seed + i for i in range(self.config.finalists.seeds)]
 
     def starting_model(self, arch: Arch) -> torch.nn.Module:
         """Inherited supernet weights (BatchNorm re-estimated where the family has it), or a fresh model."""
@@ -46,8 +64,24 @@ class Finalizer:
             recalibrate_batchnorm(model, self.context.calibration_batches, self.device)
         return model
 
+    def fine_tune(self, arch: Arch, epochs: int, seed: int) -> torch.nn.Module:
+        """``arch`` from the supernet's weights, fine-tuned with ``finalists``' recipe (resumable per seed)."""
+        model = self.starting_model(arch)
+        if epochs:
+            name = "finetune" if seed == self.config.seed else f"finetune-seed{seed}"
+            fit(model, self.context.train_loader(seed), self.config.finalists, self.device,
+                checkpoint=Checkpoint.in_dir(self.run.finalist_dir(arch), name), seed=seed, epochs=epochs,
+                label=f"fine-tune {arch} (seed {seed})")
+        return model.eval()
+
+    def deploy(self, arch: Arch, model: torch.nn.Module) -> torch.nn.Module:
+        """The re-parameterized network, built by timm's factory, with ``model``'s weights."""
+        deployed = build_deploy_model(self.space, arch, self.context.num_classes,
+                                      reparameterize_model(model).state_dict())
+        return deployed.to(self.device)
+
     def finalize(self, arch: Arch, epochs: Optional[int] = None, onnx: Optional[bool] = None) -> Dict[str, object]:
-        """Fine-tune, deploy, verify, time and export ``arch``; its finalists.csv row.
+        """Fine-tune (per seed), deploy, verify, time and export ``arch``; its finalists.csv row.
 
         ``epochs`` and ``onnx`` default to the space file's ``finalists.epochs`` and ``export.onnx``.
         """
@@ -55,16 +89,12 @@ class Finalizer:
         epochs = config.finalists.epochs if epochs is None else epochs
         onnx = config.export.onnx if onnx is None else onnx
         work = run.finalist_dir(arch)
-        model = self.starting_model(arch)
-        accuracy_before = top1_accuracy(model, self.val, self.device)
-        if epochs:
-            fit(model, context.train_loader(), config.finalists, self.device,
-                checkpoint=Checkpoint.in_dir(work, "finetune"), seed=config.seed, epochs=epochs,
-                label=f"fine-tune {arch}")
-        model.eval()
-        accuracy_after = top1_accuracy(model, self.val, self.device)
-        deployed = build_deploy_model(self.space, arch, context.num_classes, reparameterize_model(model).state_dict())
-        deployed.to(self.device)
+        accuracy_before = top1_accuracy(self.starting_model(arch), self.val, self.device)
+        models = [self.fine_tune(arch, epochs, seed) for seed in self.seeds]
+        accuracies = [top1_accuracy(m, self.val, self.device) for m in models]
+        accuracy_after, spread = mean_and_spread(accuracies)
+        model = models[0]  # the export is the first seed's network, not the luckiest one
+        deployed = self.deploy(arch, model)
         images = next(iter(self.val))[0].to(self.device)
         with torch.no_grad():
             max_abs_diff = float((exportable(deployed, config)(images) - model(images)).abs().max())
@@ -72,11 +102,17 @@ class Finalizer:
         deploy_latency = measure(deployed, self.setup)
         routing = routing_statistics(deployed, self.val, context.num_classes, self.device)
         write_json(work / "routing.json", routing)
+        warnings = "; ".join(entry["flag"] for entry in routing if entry["flag"])
+        if warnings:
+            say(f"finalist {arch}: {warnings}")
         params = count_params(deployed)
         flops = count_flops(deployed, (3, config.data.image_size, config.data.image_size))
+        seeds_text = f", mean of seeds {', '.join(map(str, self.seeds))}" if len(self.seeds) > 1 else ""
         facts = {
             "accuracy (one-shot, inherited weights)": f"{accuracy_before:.2f}%",
-            f"accuracy (after {epochs} fine-tuning epochs)": f"{accuracy_after:.2f}%",
+            f"accuracy (after {epochs} fine-tuning epochs{seeds_text})": f"{accuracy_after:.2f}%"
+            + (f" ± {spread:.2f}" if spread is not None else ""),
+            "accuracy of these weights": f"{accuracies[0]:.2f}%",
             "deploy latency": (f"{deploy_latency.latency_ms:.3f} ms ({self.setup.statistic}; median "
                                f"{deploy_latency.median_ms:.3f}, p90 {deploy_latency.p90_ms:.3f})"),
             "training-form latency": f"{train_latency.latency_ms:.3f} ms",
@@ -85,24 +121,66 @@ class Finalizer:
             "deploy vs training form, max abs diff": f"{max_abs_diff:.2e}",
             "dataset": config.data.dataset,
         }
+        if warnings:
+            facts["routing"] = warnings
         plain = exportable(deployed, config) is not deployed
-        name = "convnext (plain timm)" if plain else config.model.timm_name
+        name = f"{config.model.family} (plain timm)" if plain else config.model.timm_name
         directory = export_model(run.exports / str(arch), deployed, config, context.classes, context.splits.mean,
                                  context.splits.std, model_card(arch, name, facts, plain, run.path.name,
-                                                             deploy_latency.environment), onnx=onnx)
+                                                                deploy_latency.environment), onnx=onnx)
         run.record_files(*sorted(p for p in directory.iterdir() if p.is_file()))
         return {
             "arch": str(arch), "accuracy_oneshot": accuracy_before, "accuracy_finetuned": accuracy_after,
+            "accuracy_finetuned_std": spread, "accuracy_seeds": "/".join(f"{a:.2f}" for a in accuracies),
             "finetune_epochs": epochs, "latency_ms": deploy_latency.latency_ms,
             "latency_p90_ms": deploy_latency.p90_ms, "train_latency_ms": train_latency.latency_ms,
             "latency_noisy": deploy_latency.noisy, "params": params, "flops": flops,
             "max_abs_diff": max_abs_diff, "verified": max_abs_diff <= VERIFY_TOLERANCE,
-            "plain_timm": plain, "export": str(directory.relative_to(run.path)),
+            "plain_timm": plain, "routing_warning": warnings, "export": str(directory.relative_to(run.path)),
         }
+
+    # -- baselines ----------------------------------------------------------------------------
+    def baseline(self, arch: Arch, role: str) -> List[Dict[str, object]]:
+        """``arch`` trained with a finalist's compute, once per seed: references.csv rows."""
+        config, context = self.config, self.context
+        inside = arch in self.space and context.supernet is not None
+        epochs = config.finalists.epochs if inside else config.supernet.epochs + config.finalists.epochs
+        trained = (f"fine-tuned from the supernet, {epochs} epochs" if inside
+                   else f"trained from scratch, {epochs} epochs (supernet's plus fine-tuning epochs)")
+        rows = []
+        for seed in self.seeds:
+            if inside:
+                model = self.fine_tune(arch, epochs, seed)
+            else:
+                torch.manual_seed(seed)
+                model = self.space.build_model(arch, context.num_classes).to(self.device)
+                fit(model, context.train_loader(seed), config.supernet, self.device, seed=seed, epochs=epochs,
+                    checkpoint=Checkpoint.in_dir(self.run.finalist_dir(arch), f"scratch-seed{seed}"),
+                    label=f"baseline {arch} (seed {seed})")
+            accuracy = top1_accuracy(model.eval(), self.val, self.device)
+            deployed = self.deploy(arch, model)
+            size = config.data.image_size
+            rows.append({"trial_id": f"baseline-{arch}-seed{seed}", "arch": str(arch), "role": role,
+                         "trained": trained, "seed": seed, "accuracy": accuracy,
+                         "latency_ms": measure(deployed, self.setup).latency_ms, "params": count_params(deployed),
+                         "flops": count_flops(deployed, (3, size, size)), "status": "ok", "engine": "baseline"})
+        return rows
+
+
+def family_default(space) -> Arch:
+    """The family's own network: its default kernel, static, in every stage."""
+    return space.uniform(space.family.default_kernel)
+
+
+def nearest_single_field(space, finalist_latency: float, latency) -> Optional[Arch]:
+    """The space's single-receptive-field arch (one static expert per stage: a plain network) nearest in
+    (estimated) latency to a finalist."""
+    candidates = space.single_expert_archs()
+    return min(candidates, key=lambda arch: abs(latency(arch) - finalist_latency)) if candidates else None
 
 
 def run_finalists(context) -> pd.DataFrame:
-    """The run's finalists phase: select, then finalize each not yet in finalists.csv."""
+    """The run's finalists phase: select, finalize each not yet in finalists.csv, then train the baselines."""
     run = context.run
     chosen = select_finalists(TrialLog(run.trials_csv).frame(), context.config)
     path = run.finalists_csv
@@ -119,5 +197,38 @@ def run_finalists(context) -> pd.DataFrame:
         rows.append(finalizer.finalize(Arch.parse(arch_text)))
         frame = pd.DataFrame(rows)
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    finalists = pd.DataFrame(rows)
+    finalists["baseline_arch"] = train_baselines(context, finalizer, finalists)
+    atomic_write(path, lambda tmp: finalists.to_csv(tmp, index=False))
     run.record_files(path)
-    return pd.DataFrame(rows)
+    return finalists
+
+
+def train_baselines(context, finalizer: Finalizer, finalists: pd.DataFrame) -> List[Optional[str]]:
+    """Train the family's default network and each finalist's nearest single-receptive-field arch into
+    references.csv; returns each finalist's nearest one."""
+    space = context.space
+    estimates: Dict[Arch, float] = {}
+
+    def latency(arch: Arch) -> float:
+        if arch not in estimates:
+            estimates[arch] = context.latency(space.build_model(arch, context.num_classes, deploy=True).eval())
+        return estimates[arch]
+
+    wanted = {family_default(space): f"family default ({space.family.name}: "
+                                     f"{space.family.default_kernel}x{space.family.default_kernel} everywhere)"}
+    nearest = [nearest_single_field(space, row["latency_ms"], latency) for _, row in finalists.iterrows()]
+    for arch in nearest:
+        if arch is not None:
+            wanted.setdefault(arch, "single receptive field nearest in latency")
+    log = TrialLog(context.run.references_csv)
+    recorded = log.frame()
+    have = set(recorded["trial_id"]) if "trial_id" in recorded else set()
+    for arch, role in wanted.items():
+        if all(f"baseline-{arch}-seed{seed}" in have for seed in finalizer.seeds):
+            continue
+        say(f"baseline {arch}: {role}")
+        for row in finalizer.baseline(arch, role):
+            log.append(row)
+    context.run.record_files(context.run.references_csv)
+    return [str(arch) if arch is not None else None for arch in nearest]

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from .deploy import DynamicMoRFConv2d, routing_repr
 from .experts import Expert, ExpertLike, parse_experts
 from .kernels import dynamic_conv2d, mix_static, stack_kernels
-from .routing import DYNAMIC_MODES, Router, check_routing, check_top_k, gumbel_perturb, load_balance_loss
+from .routing import (DYNAMIC_MODES, Router, check_routing, check_top_k, dynamic_weights, gumbel_perturb,
+                      load_balance_loss)
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -158,6 +159,12 @@ class MoRFConv2d(nn.Module):
     def _router_logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.router(x)
         return logits if len(self.active) == len(self.experts) else logits[:, list(self.active)]
+
+    def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights (B, active experts) of soft or hard routing, without Gumbel noise."""
+        if self.routing not in DYNAMIC_MODES:
+            raise ValueError(f"routing_weights: a {self.routing!r} layer does not route per input")
+        return dynamic_weights(self._router_logits(x), self.routing, self.top_k, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank, bias_bank = self._bank()

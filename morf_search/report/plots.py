@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 FORMATS = ("png", "svg")
-FRONT_COLOR, FINALIST_COLOR, REFERENCE_COLOR = "#1f5fa8", "#d62728", "#2ca02c"
+FRONT_COLOR, FINALIST_COLOR, REFERENCE_COLOR, BASELINE_COLOR = "#1f5fa8", "#d62728", "#2ca02c", "#9467bd"
 
 
 def _save(figure, stem: Path) -> List[Path]:
@@ -31,10 +31,11 @@ def _save(figure, stem: Path) -> List[Path]:
 
 
 def plot_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: pd.DataFrame,
-                          references: pd.DataFrame, latency_bound: Optional[float], title: str,
-                          stem: Path) -> List[Path]:
+                          references: pd.DataFrame, baselines: pd.DataFrame, latency_bound: Optional[float],
+                          title: str, stem: Path) -> List[Path]:
     """Every trial (faint), the Pareto front, finalists with their fine-tuning and deployment arrows,
-    single-receptive-field references and the latency constraint."""
+    single-receptive-field references (one-shot), the trained baselines (mean over seeds, with their
+    spread) and the latency constraint."""
     figure, ax = plt.subplots(figsize=(8, 5.5))
     evaluated = trials[trials["status"].isin(["ok", "stopped"])] if not trials.empty else trials
     if not evaluated.empty:
@@ -56,6 +57,12 @@ def plot_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: 
             ax.annotate(row["arch"].split("_")[0].replace("-static", " everywhere"),
                         (row["latency_ms"], row["accuracy"]), textcoords="offset points", xytext=(5, -10),
                         fontsize=8, color=REFERENCE_COLOR)
+    if not baselines.empty:
+        ax.errorbar(baselines["latency_ms"], baselines["accuracy"], yerr=baselines["accuracy_std"].fillna(0),
+                    fmt="s", color=BASELINE_COLOR, markersize=7, capsize=3, zorder=5, label="baseline, trained")
+        for arch, row in baselines.iterrows():
+            ax.annotate(row["role"].split(" (")[0], (row["latency_ms"], row["accuracy"]), textcoords="offset points",
+                        xytext=(6, 4), fontsize=7, color=BASELINE_COLOR)
     if not finalists.empty:
         for _, row in finalists.iterrows():
             ax.annotate("", xy=(row["latency_ms"], row["accuracy_finetuned"]),

@@ -17,6 +17,7 @@ from ..rundir import PHASES, RunDir
 from ..search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
 from ..search.trials import TrialLog
 from ..space.search_space import SearchSpace
+from .payoff import baseline_means, payoff_section
 from .plots import plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
 
 OBJECTIVES_2D = ("accuracy", "latency_ms")
@@ -56,8 +57,9 @@ def write_report(run: RunDir) -> Path:
     figures: List[Tuple[str, Path]] = []
 
     if not trials.empty:
-        plot_accuracy_latency(trials, front, finalists, references, constraints.get("latency_ms"), title,
-                              run.plots / "accuracy_latency")
+        oneshot_references = references[references["engine"] == "reference"] if "engine" in references else references
+        plot_accuracy_latency(trials, front, finalists, oneshot_references, baseline_means(references),
+                              constraints.get("latency_ms"), title, run.plots / "accuracy_latency")
         figures.append(("Accuracy against latency", run.plots / "accuracy_latency.png"))
         reference = hypervolume_reference([trials])
         curve = hypervolume_curve(trials, OBJECTIVES_2D, reference, constraints)
@@ -80,6 +82,8 @@ def write_report(run: RunDir) -> Path:
         figures.append(("Supernet training", run.plots / "supernet_training.png"))
 
     lines = [f"# Run `{run.path.name}`", "", f"{title}.", ""]
+    lines += payoff_section(finalists, references)
+    lines += _trust_section(manifest, trials, finalists)
     lines += _space_section(config)
     lines += ["## Phases", "", _phase_table(manifest), ""]
     for caption, path in figures:
@@ -99,11 +103,12 @@ def write_report(run: RunDir) -> Path:
     else:
         lines += ["## Trials", "", "_no trials yet_", ""]
     if not references.empty:
-        lines += ["### Single receptive field references", "",
-                  _table(references, ["arch", "accuracy", "latency_ms", "params", "flops"]), ""]
+        lines += ["### References and baselines", "",
+                  _table(references, ["arch", "role", "trained", "seed", "accuracy", "latency_ms", "params", "flops"]),
+                  ""]
     lines += ["## Finalists", "", _table(finalists, [
-        "arch", "accuracy_oneshot", "accuracy_finetuned", "train_latency_ms", "latency_ms", "params", "flops",
-        "max_abs_diff", "verified", "plain_timm"]), ""]
+        "arch", "accuracy_oneshot", "accuracy_finetuned", "accuracy_finetuned_std", "train_latency_ms", "latency_ms",
+        "params", "flops", "max_abs_diff", "verified", "plain_timm"]), ""]
     for _, row in finalists.iterrows():
         lines += [f"- `{row['arch']}`: `{row['export']}/`", "",
                   "  ```python", "  import timm" + ("" if row.get("plain_timm") else ", morf_search"),
@@ -114,6 +119,32 @@ def write_report(run: RunDir) -> Path:
                                                       "latency_setup": config.latency.model_dump()}, indent=2),
               "```", ""]
     return write_text(run.report_file, "\n".join(lines))
+
+
+def _trust_section(manifest: dict, trials: pd.DataFrame, finalists: pd.DataFrame) -> List[str]:
+    """How far the front can be trusted (the run's rank check) and which routed stages do not really route."""
+    lines = ["## How far to trust this front", ""]
+    check = manifest.get("rank_check")
+    if check:
+        (t0, t1), (r0, r1) = check["kendall_tau_90"], check["spearman_rho_90"]
+        lines += [f"{check['archs']} archs spread over the front, trained standalone for {check['standalone_epochs']} "
+                  f"epochs with the supernet's recipe, against their one-shot accuracy: Kendall tau "
+                  f"{check['kendall_tau']:.2f} (90 % interval {t0:.2f}..{t1:.2f}), Spearman rho "
+                  f"{check['spearman_rho']:.2f} ({r0:.2f}..{r1:.2f}), top-{check['top']} overlap "
+                  f"{check['top_overlap']}/{check['top']}.", "", check["verdict"], ""]
+    else:
+        lines += ["No rank check was run (`search.rank_check: N` trains N archs of the front standalone and "
+                  "measures how well one-shot accuracy ranked them).", ""]
+    flagged = [(row["arch"], row["routing_warning"]) for _, row in finalists.iterrows()
+               if isinstance(row.get("routing_warning"), str) and row["routing_warning"]]
+    warned = int((trials["routing_warning"].fillna("") != "").sum()) if "routing_warning" in trials else 0
+    if flagged or warned:
+        lines += ["Routed stages that do not really route (a static layer in disguise: consider the static arch):", ""]
+        lines += [f"- finalist `{arch}`: {warning}" for arch, warning in flagged]
+        if warned:
+            lines += [f"- {warned} of {len(trials)} trials have such a stage (`routing_warning` in trials.csv)"]
+        lines += [""]
+    return lines
 
 
 def _space_section(config) -> List[str]:

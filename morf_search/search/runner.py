@@ -10,9 +10,10 @@ share the same code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
@@ -20,6 +21,8 @@ from ..latency.cost import count_flops, count_params
 from ..models.arch import Arch
 from ..training.evaluate import top1_accuracy
 from ..training.loop import fit
+from ..training.routing_stats import RoutingRecorder
+from .trials import routing_fields
 
 Metrics = Dict[str, float]
 EpochReport = Callable[[Metrics], None]
@@ -27,12 +30,14 @@ EpochReport = Callable[[Metrics], None]
 
 @dataclass
 class TrialResult:
-    """A trial's objectives, status (``ok`` or ``infeasible``), why, and standalone epochs trained."""
+    """A trial's objectives, status (``ok`` or ``infeasible``), why, standalone epochs trained, and
+    how its routed stages used their experts (trials.csv columns, see ``trials.routing_fields``)."""
 
     metrics: Metrics
     status: str = "ok"
     message: str = ""
     epochs: Optional[int] = None
+    routing: Dict[str, object] = field(default_factory=dict)
 
 
 def violated_constraints(metrics: Metrics, constraints: Dict[str, float]) -> List[str]:
@@ -75,24 +80,33 @@ class TrialRunner:
         infeasible = self._infeasible(metrics)
         if infeasible:
             return infeasible
-        return TrialResult({**metrics, "accuracy": top1_accuracy(deployed, evaluator.val, self.context.device)})
+        with RoutingRecorder(deployed) as recorder:
+            accuracy = top1_accuracy(deployed, evaluator.val, self.context.device, recorder)
+        return TrialResult({**metrics, "accuracy": accuracy}, routing=routing_fields(recorder.summary()))
 
-    def standalone(self, arch: Arch, report: Optional[EpochReport] = None) -> TrialResult:
-        """Train ``arch`` from scratch with the supernet's recipe for ``search.standalone_epochs``."""
+    def standalone(self, arch: Arch, report: Optional[EpochReport] = None, epochs: Optional[int] = None,
+                   seed: Optional[int] = None) -> TrialResult:
+        """Train ``arch`` from scratch with the supernet's recipe for ``epochs`` (default ``search.standalone_epochs``)."""
         context = self.context
+        seed = self.config.seed if seed is None else seed
+        torch.manual_seed(seed)
         model = context.space.build_model(arch, context.num_classes)
         metrics = self.costs(reparameterize_model(model.eval()))
         infeasible = self._infeasible(metrics)
         if infeasible:
             return infeasible
 
+        routing = {}
+
         def evaluate(trained):
-            scores = {**metrics, "accuracy": top1_accuracy(trained, context.val_batches, context.device)}
+            with RoutingRecorder(trained) as recorder:
+                scores = {**metrics, "accuracy": top1_accuracy(trained, context.val_batches, context.device, recorder)}
+            routing.update(routing_fields(recorder.summary()))
             if report is not None:
-                report(scores)
+                report({**scores, **routing})
             return {"accuracy": scores["accuracy"]}
 
-        epochs = self.config.search.standalone_epochs
-        history = fit(model, context.train_loader(), self.config.supernet, context.device, seed=self.config.seed,
-                      evaluate=evaluate, label=f"trial {arch}", epochs=epochs)
-        return TrialResult({**metrics, "accuracy": history[-1]["accuracy"]}, epochs=epochs)
+        epochs = self.config.search.standalone_epochs if epochs is None else epochs
+        history = fit(model.to(context.device), context.train_loader(seed), self.config.supernet, context.device,
+                      seed=seed, evaluate=evaluate, label=f"standalone {arch}", epochs=epochs)
+        return TrialResult({**metrics, "accuracy": history[-1]["accuracy"]}, epochs=epochs, routing=routing)

@@ -5,13 +5,16 @@ Columns: ``trial_id``, ``arch`` (canonical string), per stage ``s<i>_experts``,
 ``latency_ms``, ``params`` and ``flops``, ``status`` (``ok``, ``infeasible`` when a
 constraint was violated and accuracy was not measured, ``stopped`` when early stopping
 ended it, ``error``), ``message``, ``seconds``, ``epochs`` (standalone training),
-``engine`` and ``finished``. The file is rewritten atomically on every new row.
+``engine`` and ``finished``; for each routed stage ``s<i>_routing_entropy`` (1 = experts
+used evenly) and ``s<i>_expert_share`` (each expert's share, ``/``-joined in the order of
+``s<i>_experts``), and ``routing_warning`` for stages that do not really route. The file is
+rewritten atomically on every new row.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pandas as pd
 
@@ -31,14 +34,39 @@ def stage_fields(arch: Arch) -> Dict[str, object]:
     return fields
 
 
+def routing_fields(summary: List[dict]) -> Dict[str, object]:
+    """trials.csv columns of a ``RoutingRecorder`` summary: per routed stage entropy and shares, and warnings."""
+    fields: Dict[str, object] = {}
+    for entry in summary:  # stage by stage, in the order empty_routing_fields lays them out
+        fields[f"s{entry['stage']}_routing_entropy"] = round(entry["entropy"], 4)
+        fields[f"s{entry['stage']}_expert_share"] = "/".join(f"{share:.3f}" for share in entry["overall"])
+    fields["routing_warning"] = "; ".join(entry["flag"] for entry in summary if entry["flag"])
+    return fields
+
+
+def empty_routing_fields(arch: Arch) -> Dict[str, object]:
+    """The routing columns every row has, whichever stages route, so every engine writes one schema."""
+    fields: Dict[str, object] = {}
+    for i in range(len(arch.stages)):
+        fields[f"s{i}_routing_entropy"], fields[f"s{i}_expert_share"] = None, ""
+    return {**fields, "routing_warning": ""}
+
+
+def picked_routing_fields(result: Dict[str, object]) -> Dict[str, object]:
+    """The routing columns among an engine's reported result (the rest are metrics and bookkeeping)."""
+    return {k: v for k, v in result.items()
+            if k.endswith(("_routing_entropy", "_expert_share")) or k == "routing_warning"}
+
+
 def make_row(trial_id: str, arch: Arch, metrics: Dict[str, float], status: str = "ok", message: str = "",
-             seconds: float = 0.0, engine: str = "", epochs: Optional[int] = None) -> dict:
+             seconds: float = 0.0, engine: str = "", epochs: Optional[int] = None,
+             routing: Optional[Dict[str, object]] = None) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status: {status!r} is not one of {STATUSES}")
     return {"trial_id": trial_id, "arch": str(arch), **stage_fields(arch),
             **{m: metrics.get(m) for m in METRICS}, "status": status, "message": message,
             "seconds": round(seconds, 3), "epochs": epochs, "engine": engine,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **empty_routing_fields(arch), **(routing or {})}
 
 
 class TrialLog:
@@ -51,7 +79,8 @@ class TrialLog:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return pd.DataFrame()
         frame = pd.read_csv(self.path, dtype=str, keep_default_na=False)
-        for column in (*METRICS, "seconds", "epochs", *[c for c in frame if c.endswith("_top_k")]):
+        numeric = [c for c in frame if c.endswith(("_top_k", "_routing_entropy"))]
+        for column in (*METRICS, "seconds", "epochs", *numeric):
             if column in frame:
                 frame[column] = pd.to_numeric(frame[column], errors="coerce")
         return frame

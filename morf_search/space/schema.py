@@ -231,6 +231,11 @@ class SupernetConfig(TrainingConfig):
 
     sampling: Literal["uniform", "sandwich"] = Field(
         "uniform", description="one random arch per step, or largest + smallest + random (3x the cost)")
+    distillation: bool = Field(
+        False, description="in-place distillation: the largest arch learns from labels, the sampled archs from its "
+                           "soft predictions (trains the largest arch every step)")
+    widest_first_epochs: int = Field(
+        0, ge=0, description="progressive shrinking: the first epochs sample only each stage's largest expert sets")
     tau: float = Field(1.0, gt=0, description="router softmax temperature")
     gumbel: bool = Field(False, description="Gumbel noise for hard routing during training")
     bn_calibration_batches: int = Field(20, gt=0, description="ResNet: batches to re-estimate BN statistics per arch")
@@ -249,6 +254,8 @@ class SearchConfig(_Section):
     standalone_epochs: int = Field(3, gt=0, description="standalone mode: epochs per trial (ASHA stops poor ones)")
     concurrency: Optional[int] = Field(None, gt=0, description="parallel trials; default: from available CPUs")
     eval_images: Optional[int] = Field(None, gt=0, description="validation images per candidate; default: all")
+    rank_check: int = Field(0, ge=0, description="after a one-shot search, train this many archs spread over the "
+                                                  "front standalone and report how well one-shot accuracy ranked them")
 
     @model_validator(mode="after")
     def _known_algorithm(self):
@@ -281,6 +288,7 @@ class FinalistsConfig(TrainingConfig):
 
     top_k: int = Field(3, ge=0, description="finalists spread along latency on the Pareto front")
     latency_budgets: Optional[List[float]] = Field(None, description="instead: best accuracy under each budget")
+    seeds: int = Field(1, ge=1, description="fine-tune each finalist and train each baseline this many times")
     epochs: int = Field(5, ge=0)
     lr: float = Field(5e-4, gt=0)
     warmup_epochs: int = Field(0, ge=0)

@@ -70,9 +70,13 @@ class SearchSpace:
         for stages in itertools.product(*self.stages):
             yield Arch(stages)
 
-    def sample(self, rng: random.Random) -> Arch:
-        """A uniformly random arch of the space."""
-        return Arch(tuple(rng.choice(choices) for choices in self.stages))
+    def sample(self, rng: random.Random, widest_only: bool = False) -> Arch:
+        """A uniformly random arch of the space (of the stages' largest expert sets only, if asked)."""
+        stages = self.stages
+        if widest_only:
+            stages = [[c for c in choices if len(c.experts) == max(len(o.experts) for o in choices)]
+                      for choices in stages]
+        return Arch(tuple(rng.choice(choices) for choices in stages))
 
     def from_choices(self, choices: Sequence[str]) -> Arch:
         """The arch whose stages are these stage strings (how engines hand back a sample)."""
@@ -97,6 +101,11 @@ class SearchSpace:
         """Archs with one receptive field everywhere (``k3-static`` in every stage, ...) that the space holds."""
         experts = sorted({spec.experts[0] for choices in self.stages for spec in choices if len(spec.experts) == 1})
         return [arch for arch in (self.uniform(e) for e in experts) if arch in self]
+
+    def single_expert_archs(self) -> List[Arch]:
+        """Every arch with one static expert per stage: the plain networks (per-stage kernel sizes) the space holds."""
+        singles = [[c for c in choices if len(c.experts) == 1] for choices in self.stages]
+        return [Arch(stages) for stages in itertools.product(*singles)] if all(singles) else []
 
     def uniform(self, expert) -> Arch:
         """One static expert in every stage, e.g. ``k7-static`` x 4, in the space or not."""

@@ -40,10 +40,13 @@ def cache_batches(loader: DataLoader, max_batches: Optional[int] = None, max_byt
 
 
 @torch.no_grad()
-def top1_accuracy(model: nn.Module, batches: Iterable, device: torch.device) -> float:
+def top1_accuracy(model: nn.Module, batches: Iterable, device: torch.device, recorder=None) -> float:
+    """Top-1 accuracy (%) on ``batches``; a ``RoutingRecorder`` given is told each batch's labels."""
     model.eval()
     correct = total = 0
     for images, targets in batches:
+        if recorder is not None:
+            recorder.labels = targets
         predictions = model(images.to(device)).argmax(1).cpu()
         correct += int((predictions == targets).sum())
         total += len(targets)

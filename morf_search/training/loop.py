@@ -26,7 +26,7 @@ from ..layer.morf_conv import total_balance_loss
 from ..models.arch import Arch
 from ..space.schema import TrainingConfig
 
-ArchSampler = Callable[[random.Random], Sequence[Arch]]
+ArchSampler = Callable[[random.Random, int], Sequence[Arch]]  # (rng, epoch) -> the step's archs
 
 
 @dataclass
@@ -57,13 +57,16 @@ def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch:
 def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: torch.device, *,
         sampler: Optional[ArchSampler] = None, checkpoint: Optional[Checkpoint] = None, seed: int = 0,
         evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None, label: str = "train",
-        epochs: Optional[int] = None) -> List[dict]:
+        epochs: Optional[int] = None, distill: bool = False) -> List[dict]:
     """Train ``model`` for ``config.epochs`` (or ``epochs``) and return the per-epoch history.
 
-    With a ``sampler``, each step activates the archs it returns (``model.set_arch``) and
-    accumulates their gradients before one optimizer step: one arch is uniform sampling,
-    largest + smallest + random is the sandwich rule. ``evaluate`` adds metrics per epoch.
-    An existing ``checkpoint`` is resumed; one for a finished run returns its history.
+    With a ``sampler`` (``sampler(rng, epoch)``), each step activates the archs it returns
+    (``model.set_arch``) and accumulates their gradients before one optimizer step: one arch
+    is uniform sampling, largest + smallest + random is the sandwich rule. With ``distill``
+    the first arch of each step is the teacher (in-place distillation, as in BigNAS): it
+    learns from the labels, the others from its soft predictions, which are detached, so no
+    gradient reaches the teacher through them. ``evaluate`` adds metrics per epoch. An
+    existing ``checkpoint`` is resumed; one for a finished run returns its history.
     """
     epochs = config.epochs if epochs is None else epochs
     optimizer, scheduler = build_optimizer(model, config, len(loader), epochs)
@@ -93,11 +96,18 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
         for step, (images, targets) in enumerate(batches):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            archs = sampler(rng) if sampler else [None]
+            archs = sampler(rng, epoch) if sampler else [None]
+            teacher: Optional[torch.Tensor] = None
             for arch in archs:
                 if arch is not None:
                     model.set_arch(arch)
-                loss = criterion(model(images), targets)
+                logits = model(images)
+                if teacher is None:
+                    loss = criterion(logits, targets)
+                    if distill:
+                        teacher = logits.detach().softmax(-1)
+                else:
+                    loss = soft_target_loss(logits, teacher)
                 balance = total_balance_loss(model)
                 if balance is not None and config.balance_loss_weight:
                     loss = loss + config.balance_loss_weight * balance
@@ -117,13 +127,19 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             record.update(evaluate(model))
         history.append(record)
         say(f"{label} epoch {epoch + 1}/{epochs}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",)))
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+            if k not in ("epoch", "routing_warning") and v != ""))
         if checkpoint is not None:
             save_weights(checkpoint.weights, model.state_dict())
             save_state(checkpoint.state, {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
                                           "torch_rng": torch.get_rng_state(), "history": history,
                                           "epoch": epoch + 1})
     return history
+
+
+def soft_target_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a teacher's class probabilities (KL divergence up to the teacher's entropy)."""
+    return -(target_probs * logits.log_softmax(-1)).sum(-1).mean()
 
 
 def _as_random_state(state):

@@ -1,59 +1,122 @@
 """How a routed network uses its experts on real images: per stage, overall and per class.
 
-For hard routing the statistic is how often each expert is selected; for soft routing it
-is the expert's mean weight. Both are read from the deploy form's routers with forward
-hooks, so the numbers describe exactly the exported network.
+A ``RoutingRecorder`` hooks the routed layers of a network, in training form (a supernet's
+``MoRFConv2d`` switched to soft or hard routing) or deploy form (``DynamicMoRFConv2d``),
+and accumulates while the network runs: for hard routing how often each expert is
+selected, for soft routing the expert's mean weight. Its summary gives per stage each
+expert's share, the entropy of those shares (1 = used evenly, 0 = one expert only) and a
+flag when the stage is a static layer in disguise: a hard router that sends more than 90 %
+of its samples to one expert, or soft weights that barely move from uniform.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+import math
+from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 
-from ..layer.deploy import DynamicMoRFConv2d
+from ..layer.routing import DYNAMIC_MODES
+
+COLLAPSE_SHARE = 0.9  # a hard-routed stage sending more than this share to one expert is flagged
+UNIFORM_DEVIATION = 0.05  # soft weights within this of 1/E (mean over samples of the largest gap) are flagged
+
+
+def routed_layers(module: nn.Module) -> List[nn.Module]:
+    """The layers of ``module`` that currently route per input (soft or hard), either form."""
+    return [m for m in module.modules() if hasattr(m, "routing_weights") and getattr(m, "routing", None) in DYNAMIC_MODES]
+
+
+class RoutingRecorder:
+    """Accumulates expert usage of a network's routed stages while it runs (a context manager).
+
+    Set ``labels`` before each forward to also collect usage per class.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: Optional[int] = None):
+        self.model, self.num_classes = model, num_classes
+        self.labels: Optional[torch.Tensor] = None
+        self.stages = []
+        for index, (stage, spec) in enumerate(zip(model.stage_modules(), model.arch.stages)):
+            layers = routed_layers(stage)
+            if layers:
+                self.stages.append((index, spec, layers))
+        experts = {index: len(spec.experts) for index, spec, _ in self.stages}
+        self.sums = {i: torch.zeros(num_classes or 1, e, dtype=torch.float64) for i, e in experts.items()}
+        self.deviation = {i: 0.0 for i in experts}
+        self.counts = torch.zeros(num_classes or 1, dtype=torch.float64)
+        self._hooks = []
+
+    def __enter__(self) -> "RoutingRecorder":
+        for index, _, layers in self.stages:
+            for layer in layers:
+                self._hooks.append(layer.register_forward_hook(self._hook(index, len(layers))))
+        if self.stages:
+            self._hooks.append(self.model.register_forward_pre_hook(self._count))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _rows(self, batch: int) -> torch.Tensor:
+        if self.num_classes and self.labels is not None:
+            return self.labels.long().cpu()
+        return torch.zeros(batch, dtype=torch.long)
+
+    def _count(self, module, args):
+        batch = args[0].shape[0]
+        self.counts.index_add_(0, self._rows(batch), torch.ones(batch, dtype=torch.float64))
+
+    def _hook(self, stage: int, layers: int):
+        @torch.no_grad()
+        def hook(module, args, output):
+            weights = module.routing_weights(args[0]).detach().double().cpu()
+            usage = (weights > 0).double() / module.top_k if module.routing == "hard" else weights
+            self.sums[stage].index_add_(0, self._rows(len(weights)), usage / layers)
+            gap = (weights - 1.0 / weights.shape[1]).abs().max(1).values.sum().item()
+            self.deviation[stage] += gap / layers
+        return hook
+
+    def summary(self) -> List[Dict[str, object]]:
+        """One entry per routed stage: experts, mode, share (overall and per class), entropy, flag."""
+        result = []
+        seen = self.counts.sum().clamp(min=1)
+        for index, spec, _ in self.stages:
+            overall = (self.sums[index].sum(0) / seen).tolist()
+            entry = {"stage": index, "routing": spec.routing, "top_k": spec.top_k,
+                     "experts": [str(e) for e in spec.experts], "overall": overall,
+                     "entropy": normalized_entropy(overall), "flag": ""}
+            if spec.routing == "hard" and max(overall) > COLLAPSE_SHARE:
+                top = max(range(len(overall)), key=overall.__getitem__)
+                entry["flag"] = (f"stage {index} routes {overall[top]:.0%} of samples to expert {spec.experts[top]}: "
+                                 "a static layer in disguise")
+            elif spec.routing == "soft" and self.deviation[index] / float(seen) < UNIFORM_DEVIATION:
+                entry["flag"] = (f"stage {index}'s soft weights stay within {UNIFORM_DEVIATION} of uniform: "
+                                 "a fixed average of its experts, not input-adaptive")
+            if self.num_classes:
+                entry["per_class"] = (self.sums[index] / self.counts.clamp(min=1)[:, None]).tolist()
+                entry["images_per_class"] = self.counts.tolist()
+            result.append(entry)
+        return result
+
+
+def normalized_entropy(shares: List[float]) -> float:
+    """Entropy of a usage distribution divided by its maximum: 1 when even, 0 when one expert takes all."""
+    if len(shares) < 2:
+        return 0.0
+    total = sum(shares) or 1.0
+    return max(0.0, -sum(p / total * math.log(p / total) for p in shares if p > 0) / math.log(len(shares)))
 
 
 @torch.no_grad()
-def routing_statistics(deployed: nn.Module, batches: Iterable, num_classes: int,
+def routing_statistics(model: nn.Module, batches: Iterable, num_classes: int,
                        device: torch.device) -> List[Dict[str, object]]:
-    """One entry per routed stage: experts, mode, overall usage and usage per class (rows sum to 1)."""
-    stages = []
-    for index, (stage, spec) in enumerate(zip(deployed.stage_modules(), deployed.arch.stages)):
-        layers = [m for m in stage.modules() if isinstance(m, DynamicMoRFConv2d)]
-        if layers:
-            stages.append((index, spec, layers))
-    if not stages:
-        return []
-    sums = {i: torch.zeros(num_classes, len(spec.experts), dtype=torch.float64) for i, spec, _ in stages}
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    labels_now: List[torch.Tensor] = []
-
-    def hook_for(stage_index):
-        def hook(module, args, output):
-            weights = module.routing_weights(args[0]).detach().double().cpu()
-            usage = (weights > 0).double() if module.routing == "hard" else weights
-            sums[stage_index].index_add_(0, labels_now[0], usage / len(layers_of[stage_index]))
-        return hook
-
-    layers_of = {i: layers for i, _, layers in stages}
-    hooks = [layer.register_forward_hook(hook_for(i)) for i, _, layers in stages for layer in layers]
-    deployed.eval()
-    try:
+    """Usage of ``model``'s routed stages on ``batches``, overall and per class (rows sum to 1)."""
+    model.eval()
+    with RoutingRecorder(model, num_classes) as recorder:
         for images, labels in batches:
-            labels_now[:] = [labels.long()]
-            counts.index_add_(0, labels.long(), torch.ones(len(labels), dtype=torch.float64))
-            deployed(images.to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    result = []
-    for i, spec, _ in stages:
-        per_class = sums[i] / counts.clamp(min=1)[:, None]
-        overall = sums[i].sum(0) / counts.sum().clamp(min=1)
-        if spec.routing == "hard":  # selections per sample sum to top_k; report shares of selections
-            per_class, overall = per_class / spec.top_k, overall / spec.top_k
-        result.append({"stage": i, "routing": spec.routing, "top_k": spec.top_k,
-                       "experts": [str(e) for e in spec.experts], "overall": overall.tolist(),
-                       "per_class": per_class.tolist(), "images_per_class": counts.tolist()})
-    return result
+            recorder.labels = labels
+            model(images.to(device))
+    return recorder.summary()

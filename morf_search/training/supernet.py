@@ -2,7 +2,8 @@
 
 ``activate(arch)`` selects, per stage, the arch's experts and routing mode; every sub-arch
 therefore inherits the shared weights. Training samples archs per step, uniformly or by
-the sandwich rule (largest, smallest and a random arch every step).
+the sandwich rule (largest, smallest and a random arch every step), optionally with the
+largest arch as an in-place teacher and with the widest expert sets first.
 """
 from __future__ import annotations
 
@@ -59,8 +60,22 @@ class SuperNet:
         model.arch = arch
         return model
 
-    def sample(self, rng: random.Random, rule: str = "uniform") -> List[Arch]:
-        """The archs one training step trains: one uniform sample, or the sandwich's three."""
+    def sample(self, rng: random.Random, rule: str = "uniform", teacher: bool = False,
+               widest_only: bool = False) -> List[Arch]:
+        """The archs one training step trains: one uniform sample, or the sandwich's three.
+
+        ``teacher`` puts the largest arch first (in-place distillation needs it every step);
+        ``widest_only`` samples only the stages' largest expert sets (progressive shrinking).
+        """
+        sample = self.space.sample(rng, widest_only=widest_only)
         if rule == "sandwich":
-            return [self.space.largest(), self.space.smallest(), self.space.sample(rng)]
-        return [self.space.sample(rng)]
+            smallest = self.space.smallest() if not widest_only else self.space.sample(rng, widest_only=True)
+            return [self.space.largest(), smallest, sample]
+        return [self.space.largest(), sample] if teacher else [sample]
+
+    def sampler(self, config):
+        """``(rng, epoch) -> archs`` for the training loop, as a space file's ``supernet`` section asks."""
+        def sample(rng: random.Random, epoch: int) -> List[Arch]:
+            return self.sample(rng, config.sampling, teacher=config.distillation,
+                               widest_only=epoch < config.widest_first_epochs)
+        return sample

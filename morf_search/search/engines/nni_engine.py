@@ -43,6 +43,7 @@ from ...core.errors import UserError
 from ...core.progress import say
 from ...models.arch import Arch
 from ..progress import SearchProgress
+from ..runner import TrialResult
 from ..trials import TrialLog, make_row
 from . import SearchOutcome
 
@@ -123,10 +124,11 @@ class TrialEvaluation:
         started = time.perf_counter()
         try:  # NNI's strategies never stop a trial early, so standalone epochs need no reports
             result = self.context.runner.evaluate(arch)
-            metrics, status, message, epochs = result.metrics, result.status, result.message, result.epochs
         except Exception as err:  # one failing arch must not end the search
-            metrics, status, message, epochs = {}, "error", f"{type(err).__name__}: {err}"[:500], None
-        row = make_row(trial, arch, metrics, status, message, time.perf_counter() - started, "nni", epochs)
+            result = TrialResult({}, "error", f"{type(err).__name__}: {err}"[:500])
+        metrics, status = result.metrics, result.status
+        row = make_row(trial, arch, metrics, status, result.message, time.perf_counter() - started, "nni",
+                       result.epochs, result.routing)
         self.log.append(row)
         self.progress.update(row)
         if status != "error":  # a failed trial reports no metric, so the strategies skip it

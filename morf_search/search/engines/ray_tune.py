@@ -26,7 +26,7 @@ from ...core.progress import say
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
 from ..progress import SearchProgress
-from ..trials import METRICS, TrialLog, make_row
+from ..trials import METRICS, TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
 
 SOCKET_PATH_BUDGET = 60  # Ray's socket paths grow ~45 characters past its temp dir; AF_UNIX allows 107
@@ -68,7 +68,7 @@ def _trial(config: dict, context, threads: int) -> None:
 
     result = context.runner.evaluate(arch, report=report)
     if result.epochs is None:  # nothing was reported per epoch: one-shot, or infeasible before training
-        report(result.metrics, result.status, result.message)
+        report({**result.metrics, **result.routing}, result.status, result.message)
 
 
 def _error_message(trial) -> str:
@@ -101,7 +101,7 @@ class TrialRecorder(tune.Callback):
         if status == "ok" and self.standalone_epochs and (epochs or 0) < self.standalone_epochs:
             status = "stopped"
         row = make_row(trial.trial_id, _arch_of(trial.config, self.num_stages), metrics, status, message,
-                       metrics.get("seconds", 0.0), "ray", epochs)
+                       metrics.get("seconds", 0.0), "ray", epochs, picked_routing_fields(metrics))
         log.append(row)
         self.progress.update(row)
 
