@@ -8,6 +8,7 @@ as ``stopped``, to be continued with ``--resume``.
 """
 from __future__ import annotations
 
+import random
 import shlex
 import sys
 import time
@@ -27,7 +28,7 @@ from .models.arch import Arch
 from .report.report import write_report
 from .rundir import RunDir
 from .search.engines import get_engine
-from .search.fidelity import best_per_latency_stratum, rank_agreement, verdict
+from .search.fidelity import rank_agreement, spread_by_latency, verdict
 from .search.pareto import pareto_front
 from .search.trials import TrialLog, make_row, routing_fields
 from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
@@ -117,14 +118,15 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
         run = RunDir.open(runs_root / run_name)
     else:
         config = _with_overrides(load_space(space_path), engine, trials, seed)
+        backend = get_backend(config.latency.backend)
+        backend.environment()  # a backend that is not installed is refused before the run exists
         run_name = name or config.name or Path(space_path).stem
         snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
         run = RunDir.create(runs_root / run_name, snapshot, config.seed,
                             command=shlex.join(["morf-search", *sys.argv[1:]]))
         setup = latency_setup(SearchSpace(config))
         with thread_count(setup.threads):
-            run.update_manifest(environment={**environment(setup.device),
-                                             **get_backend(setup.backend).environment()})
+            run.update_manifest(environment={**environment(setup.device), **backend.environment()})
     context = RunContext(run)
     config = context.config
     hint = f"morf-search run {space_path} --name {run.path.name} --resume"
@@ -159,6 +161,11 @@ def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> 
     run.record_files(run.trials_csv)
     if not outcome.finished:
         return STOPPED
+    trials = TrialLog(run.trials_csv).frame()
+    warned = int((trials["routing_warning"].fillna("") != "").sum()) if "routing_warning" in trials else 0
+    if warned:
+        say(f"routing: {warned} of {len(trials)} trials have a routed stage that does not really route "
+            "(routing_warning in trials.csv)")
     evaluate_references(context)
     return DONE
 
@@ -169,9 +176,9 @@ def evaluate_references(context: RunContext) -> None:
     if not references:
         return
     log = TrialLog(context.run.references_csv)
-    done = set(log.frame().get("arch", []))
+    done = set(log.frame().get("trial_id", []))
     for arch in references:
-        if str(arch) in done:
+        if f"reference-{arch}" in done:
             continue
         started = time.perf_counter()
         result = context.runner.evaluate(arch)
@@ -200,19 +207,25 @@ def _rank_check_phase(context: RunContext) -> str:
     log = TrialLog(run.rank_check_csv)
     done = log.frame()
     trained = {a: float(v) for a, v in zip(done["arch"], done["standalone_accuracy"])} if not done.empty else {}
-    picked = best_per_latency_stratum(TrialLog(run.trials_csv).frame(), count)
+    trials = TrialLog(run.trials_csv).frame()
+    ok = trials[trials["status"] == "ok"].drop_duplicates("arch").set_index("arch")
+    picked = spread_by_latency(list(ok.index), lambda arch: ok.loc[arch, "latency_ms"], count,
+                               random.Random(config.seed))
     epochs = config.supernet.epochs
-    for _, row in picked.iterrows():
-        if row["arch"] not in trained:
-            result = context.runner.standalone(Arch.parse(row["arch"]), epochs=epochs)
-            trained[row["arch"]] = result.metrics["accuracy"]
-            log.append({"trial_id": row["arch"], "arch": row["arch"], "latency_ms": row["latency_ms"],
-                        "oneshot_accuracy": row["accuracy"], "standalone_accuracy": trained[row["arch"]],
+    for arch in picked:
+        if arch not in trained:
+            result = context.runner.standalone(Arch.parse(arch), epochs=epochs)
+            if result.status != "ok":  # re-measured over a constraint: it has no standalone accuracy
+                continue
+            trained[arch] = result.metrics["accuracy"]
+            log.append({"trial_id": arch, "arch": arch, "latency_ms": ok.loc[arch, "latency_ms"],
+                        "oneshot_accuracy": ok.loc[arch, "accuracy"], "standalone_accuracy": trained[arch],
                         "standalone_epochs": epochs})
+    picked = [arch for arch in picked if arch in trained]
     if len(picked) < 3:
-        say(f"rank check: only {len(picked)} evaluated archs, too few to rank")
+        say(f"rank check: only {len(picked)} archs trained, too few to rank")
         return DONE
-    agreement = rank_agreement(picked["accuracy"], [trained[a] for a in picked["arch"]])
+    agreement = rank_agreement([ok.loc[a, "accuracy"] for a in picked], [trained[a] for a in picked])
     message = verdict(agreement)
     run.update_manifest(rank_check={**agreement.as_dict(), "verdict": message, "standalone_epochs": epochs})
     say(f"rank check: {agreement.describe()}")

@@ -63,6 +63,8 @@ BAD_FILES = [
     ("data: {image_size: 12}\n", "data.image_size: the embedded dataset needs at least 24 px, got 12"),
     ("model: {family: convnext, size: huge}\n", "model.size: unknown convnext size 'huge'; expected one of atto"),
     ("model: {family: resnet, size: tiny}\n", "model.size: unknown resnet size 'tiny'; expected one of 18, 26, 50"),
+    ("supernet: {epochs: 4, widest_first_epochs: 4}\n", "supernet.widest_first_epochs: 4 leaves none of the 4"),
+    ("latency: {backend: onnxruntime, dtype: float16}\n", "latency.dtype: the onnxruntime backend times float32"),
     ("model: {family: mobilenet}\n", "model.family: unknown model family 'mobilenet'; expected one of convnext, resnet"),
     ("model: {depths: [1, 1, 1]}\n", "model.depths: expected 4 positive integers, one per stage"),
     ("search: {engine: ray, algorithm: evolution}\n", "search.algorithm: unknown ray algorithm 'evolution'"),

@@ -12,7 +12,7 @@ from timm.utils import reparameterize_model
 from torch.utils.data import TensorDataset
 
 import morf_search  # noqa: F401  (registers the models)
-from morf_search.search.fidelity import best_per_latency_stratum, rank_agreement, spread_by_latency, verdict
+from morf_search.search.fidelity import rank_agreement, spread_by_latency, verdict
 from morf_search.search.trials import routing_fields
 from morf_search.space.schema import parse_space
 from morf_search.training import loop
@@ -128,7 +128,7 @@ def test_a_router_forced_to_one_expert_is_flagged(deploy):
         model(torch.randn(6, 3, 16, 16))
     (stage,) = recorder.summary()
     assert stage["overall"] == [1.0, 0.0] and stage["entropy"] == 0.0
-    assert "100% of samples to expert 3" in stage["flag"] and "static layer in disguise" in stage["flag"]
+    assert "100% of its selections to expert 3" in stage["flag"] and "static layer in disguise" in stage["flag"]
     fields = routing_fields(recorder.summary())
     assert fields["s0_expert_share"] == "1.000/0.000" and "stage 0" in fields["routing_warning"]
 
@@ -139,10 +139,11 @@ def test_uniform_soft_weights_are_flagged_and_routing_soft_weights_are_not():
         uniform(torch.randn(6, 3, 16, 16))
     assert "not input-adaptive" in recorder.summary()[0]["flag"]
     routed = _forced("soft", [0.0, 0.0])
-    for block in routed.stages[0].blocks:
-        nn.init.normal_(block.conv_dw.router.fc2.weight, std=30.0)  # logits now depend strongly on the input
+    for block in routed.stages[0].blocks:  # logits now depend strongly on the input
+        nn.init.normal_(block.conv_dw.router.fc1.weight, std=10.0)
+        nn.init.normal_(block.conv_dw.router.fc2.weight, std=10.0)
     with RoutingRecorder(routed) as recorder:
-        routed(torch.randn(32, 3, 16, 16) * 3)
+        routed(torch.randn(32, 3, 16, 16) + 3 * torch.randn(32, 3, 1, 1))  # each image its own colour
     (stage,) = recorder.summary()
     assert stage["flag"] == "" and 0.0 < stage["entropy"] <= 1.0 and abs(sum(stage["overall"]) - 1) < 1e-6
 
@@ -164,10 +165,7 @@ def test_archs_are_spread_over_the_latency_range():
     rng = random.Random(0)
     picked = spread_by_latency(list(range(100)), latency=lambda v: v, count=5, rng=rng)
     assert [p // 20 for p in picked] == [0, 1, 2, 3, 4]
-    trials = pd.DataFrame({"arch": [f"a{i}" for i in range(9)], "status": ["ok"] * 8 + ["infeasible"],
-                           "latency_ms": [1, 2, 3, 4, 5, 6, 7, 8, 0.5], "accuracy": [5, 9, 1, 8, 2, 3, 7, 6, 99]})
-    best = best_per_latency_stratum(trials, 2)
-    assert list(best["arch"]) == ["a1", "a6"], "the most accurate feasible trial of each latency half"
+
 
 
 # -- does MoRF pay off: baselines, seeds, the report's table, the run's rank check -----------------------------

@@ -97,8 +97,8 @@ def model_card(arch: Arch, name: str, facts: Dict[str, object], plain: bool, run
               "config = timm.data.resolve_data_config({}, model=model)",
               "transform = timm.data.create_transform(**config)", "```", ""]
     if plain:
-        lines += ["Every stage routes statically, so this is timm's own ConvNeXt with per-stage kernel sizes: "
-                  "it loads without morf_search.", ""]
+        lines += ["Every stage routes statically, so this is timm's own model of the family with per-stage kernel "
+                  "sizes: it loads without morf_search.", ""]
     if environment:
         lines += ["Latency measured on: " + json.dumps(environment), ""]
     return "\n".join(lines)

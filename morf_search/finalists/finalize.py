@@ -13,6 +13,7 @@ timed with the same latency setup.
 """
 from __future__ import annotations
 
+import random
 import statistics
 from typing import Dict, List, Optional, Sequence
 
@@ -108,8 +109,10 @@ class Finalizer:
         params = count_params(deployed)
         flops = count_flops(deployed, (3, config.data.image_size, config.data.image_size))
         seeds_text = f", mean of seeds {', '.join(map(str, self.seeds))}" if len(self.seeds) > 1 else ""
+        before = ("accuracy (one-shot, inherited weights)" if context.supernet is not None
+                  else "accuracy before training (fresh weights)")
         facts = {
-            "accuracy (one-shot, inherited weights)": f"{accuracy_before:.2f}%",
+            before: f"{accuracy_before:.2f}%",
             f"accuracy (after {epochs} fine-tuning epochs{seeds_text})": f"{accuracy_after:.2f}%"
             + (f" ± {spread:.2f}" if spread is not None else ""),
             "accuracy of these weights": f"{accuracies[0]:.2f}%",
@@ -143,13 +146,18 @@ class Finalizer:
     def baseline(self, arch: Arch, role: str) -> List[Dict[str, object]]:
         """``arch`` trained with a finalist's compute, once per seed: references.csv rows."""
         config, context = self.config, self.context
-        inside = arch in self.space and context.supernet is not None
-        epochs = config.finalists.epochs if inside else config.supernet.epochs + config.finalists.epochs
-        trained = (f"fine-tuned from the supernet, {epochs} epochs" if inside
-                   else f"trained from scratch, {epochs} epochs (supernet's plus fine-tuning epochs)")
+        supernet = context.supernet is not None
+        # finalists of a standalone search start afresh too, so baselines then train exactly as they do
+        like_a_finalist = arch in self.space or not supernet
+        epochs = config.finalists.epochs if like_a_finalist else config.supernet.epochs + config.finalists.epochs
+        if like_a_finalist:
+            trained = (f"fine-tuned from the supernet, {epochs} epochs" if supernet
+                       else f"trained from scratch like the finalists, {epochs} epochs")
+        else:
+            trained = f"trained from scratch, {epochs} epochs (supernet's plus fine-tuning epochs)"
         rows = []
         for seed in self.seeds:
-            if inside:
+            if like_a_finalist:
                 model = self.fine_tune(arch, epochs, seed)
             else:
                 torch.manual_seed(seed)
@@ -172,11 +180,14 @@ def family_default(space) -> Arch:
     return space.uniform(space.family.default_kernel)
 
 
-def nearest_single_field(space, finalist_latency: float, latency) -> Optional[Arch]:
-    """The space's single-receptive-field arch (one static expert per stage: a plain network) nearest in
-    (estimated) latency to a finalist."""
-    candidates = space.single_expert_archs()
-    return min(candidates, key=lambda arch: abs(latency(arch) - finalist_latency)) if candidates else None
+def nearest_single_field(space, finalist: Arch, latency, limit: int = 64) -> Optional[Arch]:
+    """The space's single-receptive-field arch (one static expert per stage: a plain network) nearest to a
+    finalist in estimated latency, other than the finalist itself (at most ``limit`` candidates, seeded)."""
+    candidates = [arch for arch in space.single_expert_archs() if arch != finalist]
+    if len(candidates) > limit:
+        candidates = random.Random(space.config.seed).sample(candidates, limit)
+    target = latency(finalist)
+    return min(candidates, key=lambda arch: abs(latency(arch) - target)) if candidates else None
 
 
 def run_finalists(context) -> pd.DataFrame:
@@ -217,7 +228,7 @@ def train_baselines(context, finalizer: Finalizer, finalists: pd.DataFrame) -> L
 
     wanted = {family_default(space): f"family default ({space.family.name}: "
                                      f"{space.family.default_kernel}x{space.family.default_kernel} everywhere)"}
-    nearest = [nearest_single_field(space, row["latency_ms"], latency) for _, row in finalists.iterrows()]
+    nearest = [nearest_single_field(space, Arch.parse(row["arch"]), latency) for _, row in finalists.iterrows()]
     for arch in nearest:
         if arch is not None:
             wanted.setdefault(arch, "single receptive field nearest in latency")

@@ -10,7 +10,6 @@ A new backend is one class here and its name in ``BACKENDS`` (and in the schema'
 """
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Callable, Dict, Sequence
 
 import torch
@@ -85,7 +84,7 @@ class OnnxRuntimeBackend(LatencyBackend):
         return run
 
     def environment(self):
-        return {"backend": self.name, "onnxruntime": importlib.metadata.version("onnxruntime")}
+        return {"backend": self.name, "onnxruntime": _onnxruntime().__version__}
 
 
 def _onnxruntime():

@@ -11,5 +11,8 @@ from .morf_convnext import MoRFConvNeXt, to_plain_convnext
 from .morf_resnet import MoRFResNet
 from .registry import ModelFamily, get_family, list_families, register_family
 
+for _family in list_families():  # a family added to the registry registers its timm entrypoints here too
+    get_family(_family).implementation()
+
 __all__ = ["Arch", "ModelFamily", "MoRFConvNeXt", "MoRFResNet", "StageSpec", "get_family", "list_families",
            "register_family", "to_plain_convnext"]

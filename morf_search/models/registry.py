@@ -5,8 +5,9 @@ layers, and its ``@register_model`` entrypoints) plus one ``ModelFamily`` entry 
 entry is declarative: it names the family's sizes and their timm entrypoints, its stage
 count, the keyword arguments that reshape it, which norm follows its MoRF layers, its
 default kernel, and the function (if any) that turns an all-static network into plain
-timm. The space file's schema validates against these entries, and the implementation
-module is imported only when a model is built, so validating a space builds nothing.
+timm. The space file's schema validates against these entries alone, without importing the
+implementations; importing ``morf_search.models`` imports every registered family's module,
+which registers its timm entrypoints.
 """
 from __future__ import annotations
 

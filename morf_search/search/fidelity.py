@@ -1,8 +1,8 @@
 """How far to trust one-shot accuracy: does it rank archs as standalone training does?
 
 A weight-sharing supernet's inherited-weight accuracy is only a proxy. ``spread_by_latency``
-picks archs across the latency range (``best_per_latency_stratum`` the best trial of each
-stratum, i.e. along the front), ``rank_agreement`` compares their one-shot and
+picks archs across the latency range (at random within each latency stratum: the best of
+each stratum would rank bigger-is-better along the front, not the supernet), ``rank_agreement`` compares their one-shot and
 standalone accuracies (Kendall's tau and Spearman's rho with bootstrap intervals, and how
 many of the standalone top archs the one-shot ranking also puts on top), and ``verdict``
 says in plain words how far the front can be trusted.
@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, List, Sequence, Tuple, TypeVar
 
 import numpy as np
-import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
 T = TypeVar("T")
@@ -55,16 +54,6 @@ def spread_by_latency(candidates: Sequence[T], latency: Callable[[T], float], co
     return [ordered[rng.randrange(lo, hi)] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def best_per_latency_stratum(trials: pd.DataFrame, count: int) -> pd.DataFrame:
-    """The most accurate trial of each of ``count`` equally populated latency strata: archs spread along the front."""
-    ok = trials[trials["status"] == "ok"].dropna(subset=["accuracy", "latency_ms"]).drop_duplicates("arch")
-    ok = ok.sort_values("latency_ms").reset_index(drop=True)
-    if len(ok) <= count:
-        return ok
-    bounds = np.linspace(0, len(ok), count + 1).round().astype(int)
-    return pd.concat([ok.iloc[lo:hi].nlargest(1, "accuracy") for lo, hi in zip(bounds[:-1], bounds[1:])])
-
-
 def rank_agreement(oneshot: Sequence[float], standalone: Sequence[float], top: int = 5, resamples: int = 2000,
                    seed: int = 0) -> RankAgreement:
     """Kendall's tau and Spearman's rho of the two accuracies, bootstrap intervals, and the top overlap."""
@@ -78,7 +67,7 @@ def rank_agreement(oneshot: Sequence[float], standalone: Sequence[float], top: i
         if np.ptp(x[index]) and np.ptp(y[index]):  # a resample of one repeated arch has no ranking
             taus.append(kendalltau(x[index], y[index]).statistic)
             rhos.append(spearmanr(x[index], y[index]).statistic)
-    top = min(top, len(x))
+    top = min(top, max(1, len(x) // 2))  # the top of everything would always overlap fully
     overlap = len(set(np.argsort(-x)[:top]) & set(np.argsort(-y)[:top]))
     def interval(values):
         return tuple(float(v) for v in np.percentile(values, [5, 95])) if values else (math.nan, math.nan)

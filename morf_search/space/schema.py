@@ -240,6 +240,13 @@ class SupernetConfig(TrainingConfig):
     gumbel: bool = Field(False, description="Gumbel noise for hard routing during training")
     bn_calibration_batches: int = Field(20, gt=0, description="ResNet: batches to re-estimate BN statistics per arch")
 
+    @model_validator(mode="after")
+    def _shrink_within_epochs(self):
+        if self.widest_first_epochs >= self.epochs:
+            raise _field_error("widest_first_epochs", f"{self.widest_first_epochs} leaves none of the {self.epochs} "
+                                                      "epochs to train the smaller expert sets")
+        return self
+
 
 class SearchConfig(_Section):
     engine: Literal["ray", "nni"] = "ray"
@@ -281,6 +288,12 @@ class LatencyConfig(_Section):
     max_spread: float = Field(0.25, gt=0, description="re-measure when (p90 - p10) / median exceeds this")
     statistic: Literal["p10", "median"] = Field(
         "p10", description="latency of an arch: p10 of the rounds (repeats on a shared machine) or their median")
+
+    @model_validator(mode="after")
+    def _backend_dtype(self):
+        if self.backend == "onnxruntime" and self.dtype != "float32":
+            raise _field_error("dtype", f"the onnxruntime backend times float32 graphs, not {self.dtype}")
+        return self
 
 
 class FinalistsConfig(TrainingConfig):

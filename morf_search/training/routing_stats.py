@@ -6,7 +6,8 @@ and accumulates while the network runs: for hard routing how often each expert i
 selected, for soft routing the expert's mean weight. Its summary gives per stage each
 expert's share, the entropy of those shares (1 = used evenly, 0 = one expert only) and a
 flag when the stage is a static layer in disguise: a hard router that sends more than 90 %
-of its samples to one expert, or soft weights that barely move from uniform.
+of its selections to the same top-k experts, or soft weights that barely move from uniform
+or barely change from one input to the next.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import torch.nn as nn
 
 from ..layer.routing import DYNAMIC_MODES
 
-COLLAPSE_SHARE = 0.9  # a hard-routed stage sending more than this share to one expert is flagged
+COLLAPSE_SHARE = 0.9  # a hard-routed stage sending more than this share of selections to its top-k is flagged
 UNIFORM_DEVIATION = 0.05  # soft weights within this of 1/E (mean over samples of the largest gap) are flagged
+INPUT_SPREAD = 0.02  # soft weights whose standard deviation over samples stays below this are flagged
 
 
 def routed_layers(module: nn.Module) -> List[nn.Module]:
@@ -44,6 +46,7 @@ class RoutingRecorder:
         experts = {index: len(spec.experts) for index, spec, _ in self.stages}
         self.sums = {i: torch.zeros(num_classes or 1, e, dtype=torch.float64) for i, e in experts.items()}
         self.deviation = {i: 0.0 for i in experts}
+        self.squares = {i: torch.zeros(e, dtype=torch.float64) for i, e in experts.items()}
         self.counts = torch.zeros(num_classes or 1, dtype=torch.float64)
         self._hooks = []
 
@@ -77,6 +80,7 @@ class RoutingRecorder:
             self.sums[stage].index_add_(0, self._rows(len(weights)), usage / layers)
             gap = (weights - 1.0 / weights.shape[1]).abs().max(1).values.sum().item()
             self.deviation[stage] += gap / layers
+            self.squares[stage] += (weights ** 2).sum(0) / layers
         return hook
 
     def summary(self) -> List[Dict[str, object]]:
@@ -88,13 +92,18 @@ class RoutingRecorder:
             entry = {"stage": index, "routing": spec.routing, "top_k": spec.top_k,
                      "experts": [str(e) for e in spec.experts], "overall": overall,
                      "entropy": normalized_entropy(overall), "flag": ""}
-            if spec.routing == "hard" and max(overall) > COLLAPSE_SHARE:
-                top = max(range(len(overall)), key=overall.__getitem__)
-                entry["flag"] = (f"stage {index} routes {overall[top]:.0%} of samples to expert {spec.experts[top]}: "
-                                 "a static layer in disguise")
+            top = sorted(range(len(overall)), key=overall.__getitem__)[-spec.top_k:]
+            spread = float((self.squares[index] / seen - torch.tensor(overall) ** 2).clamp(min=0).sqrt().max())
+            if spec.routing == "hard" and sum(overall[i] for i in top) > COLLAPSE_SHARE:
+                experts = "+".join(str(spec.experts[i]) for i in sorted(top))
+                entry["flag"] = (f"stage {index} routes {sum(overall[i] for i in top):.0%} of its selections to "
+                                 f"expert {experts}: a static layer in disguise")
             elif spec.routing == "soft" and self.deviation[index] / float(seen) < UNIFORM_DEVIATION:
                 entry["flag"] = (f"stage {index}'s soft weights stay within {UNIFORM_DEVIATION} of uniform: "
                                  "a fixed average of its experts, not input-adaptive")
+            elif spec.routing == "soft" and spread < INPUT_SPREAD:
+                entry["flag"] = (f"stage {index}'s soft weights hardly change between inputs (std {spread:.3f}): "
+                                 "a fixed mix of its experts, not input-adaptive")
             if self.num_classes:
                 entry["per_class"] = (self.sums[index] / self.counts.clamp(min=1)[:, None]).tolist()
                 entry["images_per_class"] = self.counts.tolist()

@@ -48,7 +48,7 @@ def _recorded_result(trials_csv: Path, trial_id: str) -> Optional[dict]:
         return None
     row = rows.iloc[-1]
     return {**{m: row[m] for m in METRICS}, "status": row["status"], "message": row["message"],
-            "seconds": row["seconds"]}
+            "seconds": row["seconds"], "epochs": row["epochs"], **picked_routing_fields(row.to_dict())}
 
 
 def _trial(config: dict, context, threads: int) -> None:
@@ -97,7 +97,8 @@ class TrialRecorder(tune.Callback):
         log = TrialLog(self.trials_csv)
         if self.progress is None:  # restored from Tune's pickled experiment after setup ran
             self.setup()
-        epochs = metrics.get("training_iteration") if self.standalone_epochs else None
+        # a replayed trial reports its recorded epochs once; a live one reports every epoch
+        epochs = (metrics.get("epochs") or metrics.get("training_iteration")) if self.standalone_epochs else None
         if status == "ok" and self.standalone_epochs and (epochs or 0) < self.standalone_epochs:
             status = "stopped"
         row = make_row(trial.trial_id, _arch_of(trial.config, self.num_stages), metrics, status, message,
