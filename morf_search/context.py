@@ -48,7 +48,7 @@ class RunContext:
         return _OPEN[key]
 
     def __reduce__(self):
-        return RunContext.open, (str(self.run.path.resolve()),)
+        return reopen, (str(self.run.path.resolve()),)
 
     # -- data ---------------------------------------------------------------------------------
     @cached_property
@@ -123,3 +123,8 @@ class RunContext:
     @cached_property
     def runner(self) -> TrialRunner:
         return TrialRunner(self)
+
+
+def reopen(path: str) -> RunContext:
+    """Unpickling a context: this process's one for the run (a module function, pickled by reference)."""
+    return RunContext.open(Path(path))

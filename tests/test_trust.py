@@ -237,3 +237,19 @@ def test_the_run_checks_how_well_its_oneshot_accuracy_ranks(judged_run):
 def test_a_rank_check_with_nothing_to_rank_says_so():
     flat = rank_agreement([10.0, 10.0, 10.0], [50.0, 60.0, 70.0])
     assert flat.kendall_tau != flat.kendall_tau and "could not rank" in verdict(flat)
+
+
+def test_a_context_unpickles_as_this_process_one(tmp_path):
+    """Ray ships the context to trial workers: it must come back as the process's open context, not be
+    rebuilt (data, supernet, batches) for every trial."""
+    import pickle
+
+    import cloudpickle
+
+    from morf_search.context import RunContext
+    from morf_search.rundir import RunDir
+
+    RunDir.create(tmp_path / "run", "{}\n", 0, "test")
+    context = RunContext.open(tmp_path / "run")
+    assert pickle.loads(pickle.dumps(context)) is context
+    assert cloudpickle.loads(cloudpickle.dumps(context)) is context

@@ -72,6 +72,8 @@ def rank_agreement(oneshot: Sequence[float], standalone: Sequence[float], top: i
     def interval(values):
         return tuple(float(v) for v in np.percentile(values, [5, 95])) if values else (math.nan, math.nan)
 
+    if not (np.ptp(x) and np.ptp(y)):  # one side has no ranking at all
+        return RankAgreement(len(x), math.nan, interval(taus), math.nan, interval(rhos), overlap, top)
     return RankAgreement(len(x), float(kendalltau(x, y).statistic), interval(taus),
                          float(spearmanr(x, y).statistic), interval(rhos), overlap, top)
 

@@ -230,7 +230,8 @@ class SupernetConfig(TrainingConfig):
     """Weight-sharing supernet training."""
 
     sampling: Literal["uniform", "sandwich"] = Field(
-        "uniform", description="one random arch per step, or largest + smallest + random (3x the cost)")
+        "sandwich", description="largest + smallest + random arch per step (ranks best, README), or one random arch "
+                                "(a third of the cost)")
     distillation: bool = Field(
         False, description="in-place distillation: the largest arch learns from labels, the sampled archs from its "
                            "soft predictions (trains the largest arch every step)")
