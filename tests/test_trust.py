@@ -96,7 +96,7 @@ def test_sampler_puts_the_teacher_first_and_the_widest_sets_first(tmp_path):
 
     config = parse_space({"model": {"depths": [1, 1, 1, 1], "dims": [8, 8, 8, 8]},
                           "space": {"kernels": [3, 5, 7], "max_experts": 2},
-                          "supernet": {"distillation": True, "widest_first_epochs": 2}})
+                          "supernet": {"sampling": "uniform", "distillation": True, "widest_first_epochs": 2}})
     space = SearchSpace(config)
     sample = SuperNet(space, num_classes=3).sampler(config.supernet)
     rng = random.Random(0)
@@ -224,7 +224,9 @@ def test_the_run_checks_how_well_its_oneshot_accuracy_ranks(judged_run):
     run, result = judged_run
     manifest = json.loads((run / "manifest.json").read_text())
     check = manifest["rank_check"]
-    assert check["archs"] == 3 and -1 <= check["kendall_tau"] <= 1 and check["verdict"]
+    tau = check["kendall_tau"]
+    assert check["archs"] == 3 and check["verdict"]
+    assert -1 <= tau <= 1 or (tau != tau and "could not rank" in check["verdict"]), "a tau, or why there is none"
     rows = pd.read_csv(run / "rank_check.csv")
     assert len(rows) == 3 and rows["standalone_accuracy"].between(0, 100).all()
     assert "rank check: Kendall tau" in result.stderr
