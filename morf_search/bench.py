@@ -81,6 +81,8 @@ def bench(model: str, arch: Optional[str] = None, run_dir: Optional[str] = None,
                          dtype=dtype, channels_last=channels_last, rounds=rounds or LatencySetup.rounds,
                          backend=backend)
     results = {}
+    if backend != "torch":  # deploy tools run the deploy form; a training form's per-sample kernels do not export
+        forms["train"] = None
     with thread_count(threads):
         for form, module in forms.items():
             if module is None:
@@ -105,5 +107,5 @@ def format_table(result: dict) -> str:
                      f"{r['params']:12,} "
                      f"{r['flops'] / 1e9:9.4f}{flag}")
     if "train" not in result["forms"]:
-        lines.append("(no separate training form: this network is already a plain deploy model)")
+        lines.append("(deploy form only: the network is already plain, or the backend runs deploy forms only)")
     return "\n".join(lines)

@@ -208,6 +208,7 @@ def test_onnxruntime_backend_refuses_what_it_cannot_time(capsys):
     setup = LatencySetup(input_size=(3, 16, 16), rounds=2, dtype="float16", backend="onnxruntime")
     with pytest.raises(morf_search.core.errors.UserError, match="latency.dtype: the onnxruntime backend"):
         measure(_uniform("k3-static"), setup)
-    assert main(["bench", "morf_convnext_cifar", "--backend", "onnxruntime", "--image-size", "16", "--rounds", "2",
-                 "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["environment"]["backend"] == "onnxruntime"
+    assert main(["bench", "morf_convnext_cifar", "--arch", "k3.5-soft_k3-static_k3-static_k3-static", "--backend",
+                 "onnxruntime", "--image-size", "16", "--rounds", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["environment"]["backend"] == "onnxruntime" and list(result["forms"]) == ["deploy"]
