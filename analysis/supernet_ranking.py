@@ -65,13 +65,7 @@ def main():
     reference = option_run(work, base, args.options[0])  # any option: the archs and standalone runs do not depend on it
     space, rng = reference.space, random.Random(args.seed)
     pool = [space.sample(rng) for _ in range(args.pool)]
-    deployed_latency = {}
-
-    def latency(arch):
-        if arch not in deployed_latency:
-            deployed_latency[arch] = reference.latency(space.build_model(arch, reference.num_classes, deploy=True))
-        return deployed_latency[arch]
-
+    latency = reference.arch_latency
     archs = spread_by_latency(pool, latency, args.archs, rng)
     epochs = reference.config.supernet.epochs
     cache_file = work / "standalone.json"

@@ -120,6 +120,13 @@ class RunContext:
     def latency(self) -> estimator.Estimator:
         return estimator.latency_estimator(self.space)
 
+    def arch_latency(self, arch) -> float:
+        """The estimated latency (ms) of ``arch``'s deploy form, as the search ranks it (cached per arch)."""
+        estimates = self.__dict__.setdefault("_arch_latency", {})
+        if arch not in estimates:
+            estimates[arch] = self.latency(self.space.build_model(arch, self.num_classes, deploy=True).eval())
+        return estimates[arch]
+
     @cached_property
     def runner(self) -> TrialRunner:
         return TrialRunner(self)

@@ -30,7 +30,7 @@ from .rundir import RunDir
 from .search.engines import get_engine
 from .search.fidelity import rank_agreement, spread_by_latency, verdict
 from .search.pareto import pareto_front
-from .search.trials import TrialLog, make_row, routing_fields
+from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
 from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
 from .training.evaluate import top1_accuracy
@@ -162,7 +162,7 @@ def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> 
     if not outcome.finished:
         return STOPPED
     trials = TrialLog(run.trials_csv).frame()
-    warned = int((trials["routing_warning"].fillna("") != "").sum()) if "routing_warning" in trials else 0
+    warned = routing_warnings(trials)
     if warned:
         say(f"routing: {warned} of {len(trials)} trials have a routed stage that does not really route "
             "(routing_warning in trials.csv)")

@@ -219,16 +219,9 @@ def train_baselines(context, finalizer: Finalizer, finalists: pd.DataFrame) -> L
     """Train the family's default network and each finalist's nearest single-receptive-field arch into
     references.csv; returns each finalist's nearest one."""
     space = context.space
-    estimates: Dict[Arch, float] = {}
-
-    def latency(arch: Arch) -> float:
-        if arch not in estimates:
-            estimates[arch] = context.latency(space.build_model(arch, context.num_classes, deploy=True).eval())
-        return estimates[arch]
-
     wanted = {family_default(space): f"family default ({space.family.name}: "
                                      f"{space.family.default_kernel}x{space.family.default_kernel} everywhere)"}
-    nearest = [nearest_single_field(space, Arch.parse(row["arch"]), latency) for _, row in finalists.iterrows()]
+    nearest = [nearest_single_field(space, Arch.parse(row["arch"]), context.arch_latency) for _, row in finalists.iterrows()]
     for arch in nearest:
         if arch is not None:
             wanted.setdefault(arch, "single receptive field nearest in latency")

@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.fileio import write_text
 from ..rundir import PHASES, RunDir
 from ..search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
-from ..search.trials import TrialLog
+from ..search.trials import TrialLog, routing_warnings
 from ..space.search_space import SearchSpace
 from .payoff import baseline_means, payoff_section
 from .plots import plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
@@ -137,7 +137,7 @@ def _trust_section(manifest: dict, trials: pd.DataFrame, finalists: pd.DataFrame
                   "measures how well one-shot accuracy ranked them).", ""]
     flagged = [(row["arch"], row["routing_warning"]) for _, row in finalists.iterrows()
                if isinstance(row.get("routing_warning"), str) and row["routing_warning"]]
-    warned = int((trials["routing_warning"].fillna("") != "").sum()) if "routing_warning" in trials else 0
+    warned = routing_warnings(trials)
     if flagged or warned:
         lines += ["Routed stages that do not really route (a static layer in disguise: consider the static arch):", ""]
         lines += [f"- finalist `{arch}`: {warning}" for arch, warning in flagged]

@@ -58,6 +58,11 @@ def picked_routing_fields(result: Dict[str, object]) -> Dict[str, object]:
             if k.endswith(("_routing_entropy", "_expert_share")) or k == "routing_warning"}
 
 
+def routing_warnings(frame: pd.DataFrame) -> int:
+    """How many rows have a routed stage that does not really route."""
+    return int((frame["routing_warning"].fillna("") != "").sum()) if "routing_warning" in frame else 0
+
+
 def make_row(trial_id: str, arch: Arch, metrics: Dict[str, float], status: str = "ok", message: str = "",
              seconds: float = 0.0, engine: str = "", epochs: Optional[int] = None,
              routing: Optional[Dict[str, object]] = None) -> dict:
