@@ -51,16 +51,18 @@ def cmd_export(args) -> int:
 
     context = RunContext.open(Path(args.run_dir))
     run = context.run
-    if args.arch:
-        archs = [Arch.parse(args.arch)]
-    else:
-        archs = [Arch.parse(a) for a in select_finalists(TrialLog(run.trials_csv).frame(), context.config)["arch"]]
-    finalizer = Finalizer(context)
-    for arch in archs:
-        if arch not in context.space:
-            raise UserError(f"--arch {arch}: not in the run's search space")
-        row = finalizer.finalize(arch, epochs=args.epochs, onnx=args.onnx or None)
-        print(run.path / row["export"])
+    with run.owned():
+        run.verify_finished()
+        if args.arch:
+            archs = [Arch.parse(args.arch)]
+        else:
+            archs = [Arch.parse(a) for a in select_finalists(TrialLog(run.trials_csv).frame(), context.config)["arch"]]
+        finalizer = Finalizer(context)
+        for arch in archs:
+            if arch not in context.space:
+                raise UserError(f"--arch {arch}: not in the run's search space")
+            row = finalizer.finalize(arch, epochs=args.epochs, onnx=args.onnx or None)
+            print(run.path / row["export"])
     return 0
 
 
@@ -80,7 +82,10 @@ def cmd_report(args) -> int:
     from .report.report import write_report
     from .rundir import RunDir
 
-    print(write_report(RunDir.open(Path(args.run_dir))))
+    run = RunDir.open(Path(args.run_dir))
+    with run.owned():
+        run.verify_finished()
+        print(write_report(run))
     return 0
 
 

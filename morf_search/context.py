@@ -98,7 +98,7 @@ class RunContext:
     @cached_property
     def supernet(self) -> Optional[SuperNet]:
         """The trained supernet from the run directory, or None for a run without one (standalone search)."""
-        if not self.run.supernet_weights.is_file():
+        if not self.run.verify(self.run.supernet_weights).is_file():
             return None
         supernet = SuperNet(self.space, self.num_classes, self.device)
         supernet.model.load_state_dict(load_weights(self.run.supernet_weights, self.device))

@@ -26,7 +26,7 @@ from .latency.estimator import latency_setup, warm_latency_table
 from .latency.harness import environment, thread_count
 from .models.arch import Arch
 from .report.report import write_report
-from .rundir import RunDir
+from .rundir import RunDir, check_run_name
 from .search.engines import get_engine
 from .search.fidelity import rank_agreement, spread_by_latency, verdict
 from .search.pareto import pareto_front
@@ -110,26 +110,38 @@ def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
 def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[str] = None,
                 address: Optional[str] = None, resume: bool = False, trials: Optional[int] = None,
                 seed: Optional[int] = None, runs_root: Path = Path("runs")) -> RunOutcome:
-    if resume:
-        if engine or trials or seed is not None:
-            raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
-                            "cannot change it (start a new run with --name instead)")
-        run_name = name or load_space(space_path).name or Path(space_path).stem
-        run = RunDir.open(runs_root / run_name)
-    else:
-        config = _with_overrides(load_space(space_path), engine, trials, seed)
-        backend = get_backend(config.latency.backend)
-        backend.environment()  # a backend that is not installed is refused before the run exists
-        run_name = name or config.name or Path(space_path).stem
-        snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
-        run = RunDir.create(runs_root / run_name, snapshot, config.seed,
-                            command=shlex.join(["morf-search", *sys.argv[1:]]))
-        setup = latency_setup(SearchSpace(config))
-        with thread_count(setup.threads):
-            run.update_manifest(environment={**environment(setup.device), **backend.environment()})
-    context = RunContext(run)
-    config = context.config
-    hint = f"morf-search run {space_path} --name {run.path.name} --resume"
+    """Start (or with ``resume`` continue) the run of ``space_path`` in ``runs_root/<name>``, owning it meanwhile."""
+    if resume and (engine or trials or seed is not None):
+        raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
+                        "cannot change it (start a new run with --name instead)")
+    given = name is not None
+    config = None if resume and given else load_space(space_path)  # resume reads the run's own snapshot
+    run_name = check_run_name(name) if given else check_run_name(config.name or Path(space_path).stem, "name")
+    run = RunDir.open(runs_root / run_name) if resume else RunDir(runs_root / run_name)
+    with run.owned():
+        if resume:
+            run.adopt_location()
+            run.verify_finished()
+        else:
+            run = _create_run(run.path, _with_overrides(config, engine, trials, seed), space_path)
+        hint = shlex.join(["morf-search", "run", str(space_path), "--name", run_name, "--resume",
+                           *(["--runs", str(runs_root)] if Path(runs_root) != Path("runs") else [])])
+        return _run_phases(RunContext(run), resume, address, hint)
+
+
+def _create_run(path: Path, config: SpaceFile, space_path: Path) -> RunDir:
+    backend = get_backend(config.latency.backend)
+    backend.environment()  # a backend that is not installed is refused before the run exists
+    snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
+    run = RunDir.create(path, snapshot, config.seed, command=shlex.join(["morf-search", *sys.argv[1:]]))
+    setup = latency_setup(SearchSpace(config))
+    with thread_count(setup.threads):
+        run.update_manifest(environment={**environment(setup.device), **backend.environment()})
+    return run
+
+
+def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint: str) -> RunOutcome:
+    config, run = context.config, context.run
     say(f"run {run.path}: {config.model.timm_name}, {config.search.engine}/{config.search.algorithm}, "
         f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
     phases = [("search", lambda: _search_phase(context, resume, address)),

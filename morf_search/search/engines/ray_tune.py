@@ -3,15 +3,18 @@
 Each stage is one categorical parameter whose values are the stage strings of the space,
 so the searcher sees exactly the space's choices. ``random``, ``tpe`` and ``nsga2`` are
 Optuna samplers inside Ray's ``OptunaSearch``, multi-objective over the space's objectives.
-Rows reach trials.csv from a Tune callback in the driver, the only writer. Ray's temp and
-storage directories live inside the run; ``address`` joins an existing cluster instead.
+Rows reach trials.csv from a Tune callback in the driver, the only writer. Every start of the
+search (fresh or ``--resume``) is a new Tune experiment of the trials still missing, whose
+searcher's study is rebuilt from trials.csv (``optuna_study``): Ray's pickled experiment state
+is never restored. Ray's temp and storage directories live inside the run; ``address`` joins
+an existing cluster instead.
 """
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -26,39 +29,23 @@ from ...core.progress import say
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
 from ..progress import SearchProgress
-from ..trials import METRICS, TrialLog, make_row, picked_routing_fields
+from ..trials import TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
+from .optuna_study import STUDY_NAME, PerTrialSeeded, rebuild_study, stage_params
 
-SOCKET_PATH_BUDGET = 60  # Ray's socket paths grow ~45 characters past its temp dir; AF_UNIX allows 107
-
-
-def _stage_params(num_stages: int):
-    return [f"stage{i}" for i in range(num_stages)]
+# Ray's socket paths add ~62 characters to its temp dir (/session_<date>_<time>_<us>_<pid>/sockets/plasma_store)
+# and AF_UNIX allows 107
+SOCKET_PATH_BUDGET = 40
 
 
 def _arch_of(config: dict, num_stages: int) -> Arch:
-    return Arch.parse("_".join(config[p] for p in _stage_params(num_stages)))
-
-
-def _recorded_result(trials_csv: Path, trial_id: str) -> Optional[dict]:
-    """The row of a trial that finished before a kill but that Ray's restored state still lists as running."""
-    frame = TrialLog(trials_csv).finished()
-    rows = frame[frame["trial_id"] == trial_id] if not frame.empty else frame
-    if rows.empty:
-        return None
-    row = rows.iloc[-1]
-    return {**{m: row[m] for m in METRICS}, "status": row["status"], "message": row["message"],
-            "seconds": row["seconds"], "epochs": row["epochs"], **picked_routing_fields(row.to_dict())}
+    return Arch.parse("_".join(config[p] for p in stage_params(num_stages)))
 
 
 def _trial(config: dict, context, threads: int) -> None:
     """A function trainable: evaluate one arch and report its objectives (after every epoch when standalone)."""
     import torch
 
-    recorded = _recorded_result(context.run.trials_csv, tune.get_context().get_trial_id())
-    if recorded is not None:  # never evaluate a finished trial twice
-        tune.report(recorded)
-        return
     torch.set_num_threads(threads)
     arch = _arch_of(config, len(context.space.stages))
     started = time.perf_counter()
@@ -90,15 +77,12 @@ class TrialRecorder(tune.Callback):
     def setup(self, **info):
         self.progress = SearchProgress(self.total, done=len(TrialLog(self.trials_csv)))
 
-    def __getstate__(self):  # Tune pickles callbacks with the experiment; a progress bar does not pickle
+    def __getstate__(self):  # Tune pickles callbacks into its experiment state; a progress bar does not pickle
         return {**self.__dict__, "progress": None}
 
     def _record(self, trial, metrics: dict, status: str, message: str) -> None:
         log = TrialLog(self.trials_csv)
-        if self.progress is None:  # restored from Tune's pickled experiment after setup ran
-            self.setup()
-        # a replayed trial reports its recorded epochs once; a live one reports every epoch
-        epochs = (metrics.get("epochs") or metrics.get("training_iteration")) if self.standalone_epochs else None
+        epochs = metrics.get("training_iteration") if self.standalone_epochs else None
         if status == "ok" and self.standalone_epochs and (epochs or 0) < self.standalone_epochs:
             status = "stopped"
         row = make_row(trial.trial_id, _arch_of(trial.config, self.num_stages), metrics, status, message,
@@ -130,23 +114,44 @@ def _sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _temp_dir(run) -> str:
-    """Ray's temp dir inside the run; a short directory linked from there when the run's path is long."""
-    wanted = run.engine_dir / "ray-tmp"
-    if not wanted.is_symlink() and len(str(wanted.resolve())) > SOCKET_PATH_BUDGET:
-        wanted.parent.mkdir(parents=True, exist_ok=True)
-        wanted.symlink_to(tempfile.mkdtemp(prefix="morf-ray-"), target_is_directory=True)
-    target = wanted.resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    return str(target)
+    """Ray's temp dir: ``engine/ray-tmp`` inside the run or, when the run's path is too long for
+    Ray's socket paths, a fresh short directory for this start that ``engine/ray-tmp`` links to
+    (so a copied run never shares its original's)."""
+    link = run.engine_dir / "ray-tmp"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    inside = run.engine_dir.resolve() / "ray-tmp"
+    if len(str(inside)) <= SOCKET_PATH_BUDGET:
+        inside.mkdir(exist_ok=True)
+        return str(inside)
+    short = tempfile.mkdtemp(prefix="morf-ray-", dir="/tmp" if len(tempfile.gettempdir()) > 20 else None)
+    link.symlink_to(short, target_is_directory=True)
+    return short
+
+
+def _experiment_name(engine_dir: Path) -> str:
+    """``search`` for a run's first search, ``search-2``, ``search-3``... for each resumed one."""
+    name, number = "search", 1
+    while (engine_dir / name).exists():
+        number += 1
+        name = f"search-{number}"
+    return name
 
 
 def search(context, num_trials: int, seed: int, resume: bool, address: Optional[str] = None) -> SearchOutcome:
-    """Run, or continue, the search until the experiment holds ``num_trials`` trials."""
+    """Run the trials that trials.csv does not hold yet, until it holds ``num_trials``."""
     run, space = context.run, context.space
     search_cfg = space.config.search
-    # Save Ray's experiment state at every step (not every ~10 s), so that after a kill -9 it
-    # still knows every trial the recorder has written; those rerun only to replay their rows.
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+    recorded = TrialLog(run.trials_csv).frame()
+    missing = num_trials - len(recorded)
+    if missing <= 0:
+        return SearchOutcome(len(recorded), num_trials)
+    if resume:
+        say(f"search: {len(recorded)} trials recorded, running the {missing} still missing")
+    objectives = list(search_cfg.objectives)
+    stages = [[str(choice) for choice in choices] for choices in space.stages]
+    storage = rebuild_study(run.engine_dir / "optuna.journal", run.trials_csv, recorded, stages, objectives)
     started_ray = not ray.is_initialized()
     if started_ray:
         common = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -161,27 +166,21 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
         standalone = search_cfg.evaluation == "standalone"
         trainable = tune.with_resources(
             tune.with_parameters(_trial, context=context, threads=threads), {"cpu": threads})
-        experiment = str((run.engine_dir / "search").resolve())
-        if resume and tune.Tuner.can_restore(experiment):
-            say(f"search: resuming the Ray Tune experiment ({len(TrialLog(run.trials_csv))} trials recorded)")
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True)
-        else:
-            objectives = list(search_cfg.objectives)
-            searcher = OptunaSearch(metric=objectives, mode=[OBJECTIVES[o] for o in objectives],
-                                    sampler=_sampler(search_cfg.algorithm, seed))
-            scheduler = (ASHAScheduler(metric="accuracy", mode="max", max_t=search_cfg.standalone_epochs,
-                                       grace_period=1, reduction_factor=2) if standalone else None)
-            recorder = TrialRecorder(run.trials_csv.resolve(), len(space.stages),
-                                     search_cfg.standalone_epochs if standalone else None, num_trials)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={p: tune.choice([str(c) for c in choices])
-                             for p, choices in zip(_stage_params(len(space.stages)), space.stages)},
-                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                            scheduler=scheduler, num_samples=num_trials, reuse_actors=True),
-                run_config=tune.RunConfig(name="search", storage_path=str(run.engine_dir.resolve()), verbose=0,
-                                          callbacks=[recorder],
-                                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+        searcher = OptunaSearch(metric=objectives, mode=[OBJECTIVES[o] for o in objectives], storage=storage,
+                                study_name=STUDY_NAME,
+                                sampler=PerTrialSeeded(partial(_sampler, search_cfg.algorithm), seed))
+        scheduler = (ASHAScheduler(metric="accuracy", mode="max", max_t=search_cfg.standalone_epochs,
+                                   grace_period=1, reduction_factor=2) if standalone else None)
+        recorder = TrialRecorder(run.trials_csv, len(space.stages),
+                                 search_cfg.standalone_epochs if standalone else None, num_trials)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={p: tune.choice(c) for p, c in zip(stage_params(len(stages)), stages)},
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                                        scheduler=scheduler, num_samples=missing, reuse_actors=True),
+            run_config=tune.RunConfig(name=_experiment_name(run.engine_dir), storage_path=str(run.engine_dir.resolve()),
+                                      verbose=0, callbacks=[recorder],
+                                      failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         tuner.fit()
     finally:
         if started_ray:

@@ -1,0 +1,139 @@
+"""The run directory under faults: copies, two owners, damaged files, planted pickles, odd names."""
+import json
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from test_run import TRIALS, morf, space_file
+
+from morf_search.core.fileio import write_text
+from morf_search.rundir import RunDir, RunError, check_run_name
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny run whose search finished (random search, one trial at a time, nothing after the front)."""
+    from test_data import write_cifar10
+
+    root = tmp_path_factory.mktemp("faults")
+    write_cifar10(root / "cifar", per_batch=16, test=32)
+    path = space_file(root, root / "cifar", search={"num_trials": TRIALS, "algorithm": "random", "concurrency": 1},
+                      finalists={"top_k": 0})
+    morf("run", str(path), "--name", "a", cwd=root)
+    return root
+
+
+def _as_killed_during_search(run, keep_rows):
+    """What a kill -9 during the search leaves: fewer rows and a search phase still running."""
+    trials = pd.read_csv(run / "trials.csv")
+    trials.head(keep_rows).to_csv(run / "trials.csv", index=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for phase in ("search", "pareto", "rank_check", "finalists", "report"):
+        manifest["phases"].pop(phase, None)
+    manifest["phases"]["search"] = {"status": "running"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return trials
+
+
+def test_a_copied_run_resumes_into_itself_and_reruns_exactly_the_missing_trials(searched, tmp_path):
+    root = searched
+    original = pd.read_csv(root / "runs" / "a" / "trials.csv")
+    copy = root / "runs" / "b"
+    shutil.copytree(root / "runs" / "a", copy, symlinks=True)
+    full = _as_killed_during_search(copy, keep_rows=4)
+
+    result = morf("run", str(root / "space.yaml"), "--name", "b", "--resume", cwd=root)
+    assert "a copy of run 'a'" in result.stderr and "running the 2 still missing" in result.stderr
+    after = pd.read_csv(copy / "trials.csv")
+    assert len(after) == TRIALS and after["trial_id"].is_unique
+    assert list(after["arch"]) == list(full["arch"]), "seeded per trial, the missing trials are the same archs"
+    assert pd.read_csv(root / "runs" / "a" / "trials.csv").equals(original), "the original run was touched"
+    assert json.loads((copy / "manifest.json").read_text())["name"] == "b"
+    assert not list(copy.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_resume_never_unpickles_what_the_run_directory_holds(searched, tmp_path):
+    root = searched
+    copy = root / "runs" / "planted"
+    shutil.copytree(root / "runs" / "a", copy, symlinks=True)
+    _as_killed_during_search(copy, keep_rows=TRIALS - 1)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for pkl in (copy / "engine").rglob("*.pkl"):
+        pkl.write_bytes(pickle.dumps(Payload()))
+    (copy / "engine" / "search" / "tuner.pkl").write_bytes(pickle.dumps(Payload()))
+    morf("run", str(root / "space.yaml"), "--name", "planted", "--resume", cwd=root)
+    assert not marker.exists(), "resume unpickled a file of the run directory"
+    assert len(pd.read_csv(copy / "trials.csv")) == TRIALS
+
+
+def test_a_second_process_on_a_run_gets_one_line_naming_the_owner(searched):
+    root = searched
+    run = RunDir.open(root / "runs" / "a")
+    with run.owned():
+        for args in (["--resume"], []):
+            result = morf("run", str(root / "space.yaml"), "--name", "a", *args, cwd=root, check=False)
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert result.stderr.strip() == f"error: {run.path}: in use by process {os.getpid()}; wait for it to " \
+                                             "end (or stop it) and try again"
+        with run.owned():  # one process may nest owners
+            pass
+    script = f"from morf_search.rundir import RunDir\nwith RunDir({str(run.path)!r}).owned(): print('owned')"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout == "owned\n"
+
+
+def test_files_a_finished_phase_wrote_are_verified_before_they_are_used(searched, tmp_path):
+    root = searched
+    run = root / "runs" / "garbled"
+    shutil.copytree(root / "runs" / "a", run, symlinks=True)
+    weights = run / "supernet.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = b"\xff" * 64  # the header still parses; the weights are garbage
+    weights.write_bytes(bytes(data))
+
+    for args in (["export", str(run), "--arch", pd.read_csv(run / "trials.csv")["arch"][0], "--epochs", "0"],
+                 ["run", str(root / "space.yaml"), "--name", "garbled", "--resume"], ["report", str(run)]):
+        result = morf(*args, cwd=root, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip() == f"error: {weights}: damaged (its content differs from the hash manifest.json " \
+                                        "recorded); restore it, or start a new run"
+    weights.unlink()
+    result = morf("run", str(root / "space.yaml"), "--name", "garbled", "--resume", cwd=root, check=False)
+    assert result.returncode == 2 and "supernet.safetensors: missing" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", ".", "..", "a/b", ""])
+def test_a_run_name_is_one_plain_folder_name(searched, name):
+    root = searched
+    result = morf("run", str(root / "space.yaml"), "--name", name, cwd=root, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a run name is one plain folder name" in result.stderr
+    assert not (root / "escaped").exists() and not (root / "runs" / "a" / "b").exists()
+    with pytest.raises(RunError):
+        check_run_name(name)
+
+
+def test_a_run_that_failed_in_its_set_up_starts_over_but_finished_work_is_kept(tmp_path):
+    run = RunDir.create(tmp_path / "r", "first\n", 0, "test")
+    run.set_phase("supernet", "failed", error="data: missing")
+    again = RunDir.create(tmp_path / "r", "corrected\n", 0, "test")
+    assert again.space_file.read_text() == "corrected\n" and again.manifest()["phases"] == {}
+    again.set_phase("supernet", "done")
+    with pytest.raises(RunError, match="pass --resume"):
+        RunDir.create(tmp_path / "r", "third\n", 0, "test")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    path = write_text(tmp_path / "x.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
