@@ -37,7 +37,6 @@ class RunContext:
         self.run = run
         self.config = run.load_space()
         self.space = SearchSpace(self.config)
-        self.device: torch.device = resolve_device(self.config.device)
 
     @classmethod
     def open(cls, path: Path) -> "RunContext":
@@ -49,6 +48,11 @@ class RunContext:
 
     def __reduce__(self):
         return reopen, (str(self.run.path.resolve()),)
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Resolved on first use, so that a Ray trial can first hide the GPUs it was not given."""
+        return resolve_device(self.config.device)
 
     # -- data ---------------------------------------------------------------------------------
     @cached_property

@@ -260,7 +260,10 @@ class SearchConfig(_Section):
         default_factory=dict, description="upper bounds, e.g. {latency_ms: 5.0}")
     evaluation: Literal["oneshot", "standalone"] = "oneshot"
     standalone_epochs: int = Field(3, gt=0, description="standalone mode: epochs per trial (ASHA stops poor ones)")
-    concurrency: Optional[int] = Field(None, gt=0, description="parallel trials; default: from available CPUs")
+    concurrency: Optional[int] = Field(None, gt=0, description="parallel trials; default: from the trials' resources")
+    gpus_per_trial: Optional[float] = Field(
+        None, ge=0, description="Ray engine: GPUs each trial requests (fractions share one); default: on a CUDA "
+                                "device 1 per standalone trial, 0.25 per one-shot trial, else 0")
     eval_images: Optional[int] = Field(None, gt=0, description="validation images per candidate; default: all")
     rank_check: int = Field(0, ge=0, description="after a one-shot search, train this many archs spread over the "
                                                   "front standalone and report how well one-shot accuracy ranked them")

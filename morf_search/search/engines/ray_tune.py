@@ -12,11 +12,13 @@ an existing cluster instead.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import optuna
 import ray
@@ -25,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from ...core.errors import UserError
 from ...core.progress import say
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
@@ -42,10 +45,18 @@ def _arch_of(config: dict, num_stages: int) -> Arch:
     return Arch.parse("_".join(config[p] for p in stage_params(num_stages)))
 
 
+def _see_only_assigned_gpus() -> None:
+    """Ray sets CUDA_VISIBLE_DEVICES for a trial it gave GPUs, but leaves it unset for one it gave none,
+    which would then use every GPU of its node: hide them (before anything in this worker starts CUDA)."""
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def _trial(config: dict, context, threads: int) -> None:
     """A function trainable: evaluate one arch and report its objectives (after every epoch when standalone)."""
     import torch
 
+    _see_only_assigned_gpus()
     torch.set_num_threads(threads)
     arch = _arch_of(config, len(context.space.stages))
     started = time.perf_counter()
@@ -130,6 +141,30 @@ def _temp_dir(run) -> str:
     return short
 
 
+@dataclass(frozen=True)
+class TrialResources:
+    """What each trial requests from Ray, and how many run at once."""
+
+    cpus: int
+    gpus: float
+    concurrency: int
+
+    @classmethod
+    def plan(cls, search_cfg, device: str, cluster: Dict[str, float]) -> "TrialResources":
+        """GPUs where the run may use CUDA and the cluster has them (a standalone trial trains a network, so
+        it gets one; a one-shot trial only evaluates, so four share one); as many trials at once as the GPUs
+        hold, else a quarter of the CPUs; each trial's torch threads share the CPUs evenly."""
+        cpus, gpus_total = max(1, int(cluster.get("CPU", 1))), float(cluster.get("GPU", 0))
+        gpus = search_cfg.gpus_per_trial
+        if gpus is None:
+            may_use_cuda = device == "auto" or device.startswith("cuda")
+            gpus = (1.0 if search_cfg.evaluation == "standalone" else 0.25) if may_use_cuda and gpus_total else 0.0
+        if gpus > gpus_total:
+            raise UserError(f"search.gpus_per_trial: {gpus:g} is more than the {gpus_total:g} GPUs of the cluster")
+        concurrency = search_cfg.concurrency or (max(1, int(gpus_total // gpus)) if gpus else max(1, cpus // 4))
+        return cls(max(1, cpus // concurrency), gpus, concurrency)
+
+
 def _experiment_name(engine_dir: Path) -> str:
     """``search`` for a run's first search, ``search-2``, ``search-3``... for each resumed one."""
     name, number = "search", 1
@@ -160,12 +195,11 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
         else:
             ray.init(_temp_dir=_temp_dir(run), **common)
     try:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        concurrency = search_cfg.concurrency or max(1, cpus // 4)
-        threads = max(1, cpus // concurrency)
+        resources = TrialResources.plan(search_cfg, space.config.device, ray.cluster_resources())
+        concurrency = resources.concurrency
         standalone = search_cfg.evaluation == "standalone"
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, context=context, threads=threads), {"cpu": threads})
+        trainable = tune.with_resources(tune.with_parameters(_trial, context=context, threads=resources.cpus),
+                                        {"cpu": resources.cpus, "gpu": resources.gpus})
         searcher = OptunaSearch(metric=objectives, mode=[OBJECTIVES[o] for o in objectives], storage=storage,
                                 study_name=STUDY_NAME,
                                 sampler=PerTrialSeeded(partial(_sampler, search_cfg.algorithm), seed))
