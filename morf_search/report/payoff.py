@@ -75,7 +75,8 @@ def payoff_section(finalists: pd.DataFrame, references: pd.DataFrame) -> List[st
     if table.empty:
         return ["## Did MoRF pay off?", "", "_no finalists and baselines trained yet_", ""]
     baselines = baseline_means(references)
-    lines = ["## Did MoRF pay off?", "", table.to_markdown(index=False), "",
+    # cells as formatted: tabulate would read "10.510" as a number and print 10.51
+    lines = ["## Did MoRF pay off?", "", table.to_markdown(index=False, disable_numparse=True), "",
              "Baselines got the finalists' compute and were timed with the same setup:", ""]
     lines += [f"- `{arch}` ({b['role']}): {b['trained']}, {int(b['seeds'])} seed(s)"
               for arch, b in baselines.iterrows()]
