@@ -25,7 +25,6 @@ from ..core.fileio import write_text  # noqa: E402
 from ..layer.experts import Expert  # noqa: E402
 from .interactive import hover_svg, write_front_page  # noqa: E402
 
-FORMATS = ("png", "svg")
 FRONT_COLOR, FINALIST_COLOR, REFERENCE_COLOR, BASELINE_COLOR = "#1f5fa8", "#d62728", "#2ca02c", "#9467bd"
 LATENCY_AXIS = "latency (ms): deploy form; hollow stars: training form"
 ANGLE = re.compile(r"(-?\d+(?:\.\d+)?)\s*deg")
@@ -78,7 +77,7 @@ def latency_bar_note(finalists: pd.DataFrame) -> str:
     note = ("Horizontal bars: p10 to p90 of the timed rounds of a fine-tuned finalist's deploy latency; vertical "
             "bars: a baseline's accuracy spread (standard deviation) over seeds. Trials, references, baselines and "
             "the training-form points keep one latency statistic only, so they are drawn without a latency bar.")
-    missing = [arch for arch in finalists.get("arch", []) if arch not in set(ranged["arch"])] if len(finalists) else []
+    missing = [] if finalists.empty else [arch for arch in finalists["arch"] if arch not in set(ranged["arch"])]
     if missing:
         note += " No recorded latency spread, so no bar, for finalist " + ", ".join(f"`{a}`" for a in missing) + "."
     return note
@@ -99,9 +98,8 @@ def draw_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: 
     infeasible = trials[trials["status"] == "infeasible"] if not trials.empty else trials
     if not infeasible.empty:
         floor = evaluated["accuracy"].min() if not evaluated.empty else 0.0
-        texts = [_tip("violates a constraint (accuracy not measured)", row["arch"], float("nan"),
-                      f"{_number(row['latency_ms'], '.3f')} ms", row.get("params")) for _, row in infeasible.iterrows()]
-        _points(ax, tips, infeasible["latency_ms"], np.full(len(infeasible), floor), texts, marker="x", s=12,
+        _points(ax, tips, infeasible["latency_ms"], np.full(len(infeasible), floor),
+                _rows_tips(infeasible, "violates a constraint (accuracy not measured)"), marker="x", s=12,
                 color="0.7", label=f"violates a constraint ({len(infeasible)})")
     if not front.empty:
         ordered = front.sort_values("latency_ms")
@@ -135,6 +133,7 @@ def draw_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: 
 
 
 def _draw_finalists(ax, tips: Dict[str, str], finalists: pd.DataFrame) -> None:
+    """One-shot (training form, hollow) and fine-tuned (deploy form, with its p10-p90 where known) stars."""
     for _, row in finalists.iterrows():
         ax.annotate("", xy=(row["latency_ms"], row["accuracy_finetuned"]),
                     xytext=(row["train_latency_ms"], row["accuracy_oneshot"]),
