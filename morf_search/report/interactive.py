@@ -29,7 +29,7 @@ STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:70em}svg{max-width:
 
 
 def hover_svg(svg: str, tips: Mapping[str, str]) -> str:
-    """``svg`` (matplotlib's) with every link whose target is a key of ``tips`` made a titled group."""
+    """``svg`` (matplotlib's) with every link whose target is a key of ``tips`` titled by its value, target removed."""
     def titled(link: re.Match) -> str:
         tip = tips.get(link[1])
         return link[0] if tip is None else f'<a class="point"><title>{html.escape(tip)}</title>'
