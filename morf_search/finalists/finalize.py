@@ -135,7 +135,7 @@ class Finalizer:
         return {
             "arch": str(arch), "accuracy_oneshot": accuracy_before, "accuracy_finetuned": accuracy_after,
             "accuracy_finetuned_std": spread, "accuracy_seeds": "/".join(f"{a:.2f}" for a in accuracies),
-            "finetune_epochs": epochs, "latency_ms": deploy_latency.latency_ms,
+            "finetune_epochs": epochs, "latency_ms": deploy_latency.latency_ms, "latency_p10_ms": deploy_latency.p10_ms,
             "latency_p90_ms": deploy_latency.p90_ms, "train_latency_ms": train_latency.latency_ms,
             "latency_noisy": deploy_latency.noisy, "params": params, "flops": flops,
             "max_abs_diff": max_abs_diff, "verified": max_abs_diff <= VERIFY_TOLERANCE,

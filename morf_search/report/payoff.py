@@ -17,7 +17,7 @@ FAMILY_DEFAULT = "family default"
 
 
 def baseline_means(references: pd.DataFrame) -> pd.DataFrame:
-    """Per baseline arch: role, how trained, mean and spread of accuracy over seeds, latency, seeds."""
+    """Per baseline arch: role, how trained, mean and spread of accuracy over seeds, latency, params, seeds."""
     if references.empty or "engine" not in references:
         return pd.DataFrame()
     rows = references[references["engine"] == "baseline"]
@@ -27,7 +27,8 @@ def baseline_means(references: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "role": grouped["role"].first(), "trained": grouped["trained"].first(),
         "accuracy": grouped["accuracy"].mean(), "accuracy_std": grouped["accuracy"].std(),
-        "latency_ms": grouped["latency_ms"].median(), "seeds": grouped["accuracy"].size(),
+        "latency_ms": grouped["latency_ms"].median(), "params": grouped["params"].first(),
+        "seeds": grouped["accuracy"].size(),
     })
 
 
@@ -74,7 +75,9 @@ def payoff_section(finalists: pd.DataFrame, references: pd.DataFrame) -> List[st
     if table.empty:
         return ["## Did MoRF pay off?", "", "_no finalists and baselines trained yet_", ""]
     baselines = baseline_means(references)
-    lines = ["## Did MoRF pay off?", "", table.to_markdown(index=False), "",
+    # cells as formatted: tabulate would read "10.510" as a number and print 10.51
+    lines = ["## Did MoRF pay off?", "", table.to_markdown(index=False, disable_numparse=True), "",
              "Baselines got the finalists' compute and were timed with the same setup:", ""]
-    lines += [f"- `{arch}` ({b['role']}): {b['trained']}, {int(b['seeds'])} seed(s)" for arch, b in baselines.iterrows()]
+    lines += [f"- `{arch}` ({b['role']}): {b['trained']}, {int(b['seeds'])} seed(s)"
+              for arch, b in baselines.iterrows()]
     return lines + [""]

@@ -18,7 +18,7 @@ from ..search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
 from ..search.trials import TrialLog, routing_warnings
 from ..space.search_space import SearchSpace
 from .payoff import baseline_means, payoff_section
-from .plots import plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
+from .plots import latency_bar_note, plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
 
 OBJECTIVES_2D = ("accuracy", "latency_ms")
 
@@ -44,6 +44,27 @@ def run_title(run: RunDir, config, environment: Optional[dict]) -> str:
     return f"{run.path.name}: {config.model.timm_name} on {config.data.dataset} ({hardware})"
 
 
+def with_latency_range(finalists: pd.DataFrame, statistic: str) -> pd.DataFrame:
+    """Finalists with their deploy p10 as ``latency_p10_ms``. Runs from before that column kept the p90 and
+    ``latency_ms``, the statistic they ranked by: the p10 itself, or the median (then the p10 is unknown)."""
+    if finalists.empty or "latency_p10_ms" in finalists or "latency_p90_ms" not in finalists:
+        return finalists
+    return finalists.assign(latency_p10_ms=finalists["latency_ms"] if statistic == "p10" else float("nan"))
+
+
+def supernet_loss_label(config) -> str:
+    """What the supernet's logged loss sums (``training.loop.fit``): per sampled arch, the task loss plus the
+    weighted load-balance loss of hard-routed layers, averaged over the archs of a step."""
+    supernet = config.supernet
+    terms = [f"label-smoothed CE ({supernet.label_smoothing:g})" if supernet.label_smoothing else "CE"]
+    if supernet.distillation:
+        terms[0] += " or distillation"
+    hard = any("hard" in stage.routing and stage.max_experts > 1 for stage in config.space.stages)
+    if hard and supernet.balance_loss_weight:
+        terms.append(f"+ {supernet.balance_loss_weight:g} x load balance")
+    return "\n".join(["training loss:", *terms])
+
+
 def write_report(run: RunDir) -> Path:
     config = run.load_space()
     manifest = run.manifest()
@@ -54,17 +75,22 @@ def write_report(run: RunDir) -> Path:
     constraints = config.search.constraints
     front = pareto_front(trials, OBJECTIVES_2D, constraints) if not trials.empty else pd.DataFrame()
     title = run_title(run, config, environment)
-    figures: List[Tuple[str, Path]] = []
+    figures: List[Tuple[str, Path, List[str]]] = []
 
     if not trials.empty:
         oneshot_references = references[references["engine"] == "reference"] if "engine" in references else references
-        plot_accuracy_latency(trials, front, finalists, oneshot_references, baseline_means(references),
-                              constraints.get("latency_ms"), title, run.plots / "accuracy_latency")
-        figures.append(("Accuracy against latency", run.plots / "accuracy_latency.png"))
+        ranged = with_latency_range(finalists, config.latency.statistic)
+        stem = run.plots / "accuracy_latency"
+        plot_accuracy_latency(trials, front, ranged, oneshot_references, baseline_means(references),
+                              constraints.get("latency_ms"), title, stem)
+        page, svg = (stem.with_suffix(suffix).relative_to(run.path) for suffix in (".html", ".svg"))
+        figures.append(("Accuracy against latency", stem.with_suffix(".png"), [
+            latency_bar_note(ranged), "", f"[Interactive version]({page}) (hover over a point for its arch, "
+                                          f"accuracy, latency and params; opens offline) · [SVG]({svg})"]))
         reference = hypervolume_reference([trials])
         curve = hypervolume_curve(trials, OBJECTIVES_2D, reference, constraints)
         plot_search_progress({run.path.name: curve}, reference, title, run.plots / "search_progress")
-        figures.append(("Search progress", run.plots / "search_progress.png"))
+        figures.append(("Search progress", run.plots / "search_progress.png", []))
     routing = {}
     for _, row in finalists.iterrows():
         stats_file = run.finalist_dir(row["arch"]) / "routing.json"
@@ -73,21 +99,23 @@ def write_report(run: RunDir) -> Path:
             if stats:
                 routing[row["arch"]] = stats
     if routing:
-        plot_routing(routing, classes=manifest.get("classes", []), title=f"Expert usage on validation images — {title}",
-                     stem=run.plots / "routing")
-        figures.append(("Routing of the finalists", run.plots / "routing.png"))
+        plot_routing(routing, classes=manifest.get("classes", []),
+                     title=f"Expert usage on validation images — {title}", stem=run.plots / "routing")
+        figures.append(("Routing of the finalists", run.plots / "routing.png", []))
     history = manifest["phases"].get("supernet", {}).get("history")
     if history:
-        plot_training_curve(history, f"Supernet training — {title}", run.plots / "supernet_training")
-        figures.append(("Supernet training", run.plots / "supernet_training.png"))
+        plot_training_curve(history, supernet_loss_label(config), f"Supernet training — {title}",
+                            run.plots / "supernet_training")
+        figures.append(("Supernet training", run.plots / "supernet_training.png", []))
 
     lines = [f"# Run `{run.path.name}`", "", f"{title}.", ""]
     lines += payoff_section(finalists, references)
     lines += _trust_section(manifest, trials, finalists)
     lines += _space_section(config)
     lines += ["## Phases", "", _phase_table(manifest), ""]
-    for caption, path in figures:
+    for caption, path, notes in figures:
         lines += [f"## {caption}", "", f"![{caption}]({path.relative_to(run.path)})", ""]
+        lines += notes + ([""] if notes else [])
     if not trials.empty:
         ok = trials[trials["status"] == "ok"]
         lines += ["## Trials", "",
@@ -161,6 +189,12 @@ def _space_section(config) -> List[str]:
 
 
 def _phase_table(manifest: dict) -> str:
-    rows = [{"phase": p, "status": manifest["phases"].get(p, {}).get("status", "not started"),
-             "seconds": manifest["phases"].get(p, {}).get("seconds")} for p in PHASES]
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f")
+    """Status and seconds per phase; the report phase, while it writes this report, says so."""
+    rows = []
+    for phase in PHASES:
+        entry = manifest["phases"].get(phase, {})
+        status, seconds = entry.get("status", "not started"), entry.get("seconds")
+        if phase == "report" and status == "running":
+            status, seconds = "this report", None
+        rows.append({"phase": phase, "status": status, "seconds": "" if seconds is None else f"{seconds:.1f}"})
+    return pd.DataFrame(rows).to_markdown(index=False, colalign=("left", "left", "right"), disable_numparse=True)
