@@ -40,12 +40,13 @@ def plot_accuracy_latency(trials: pd.DataFrame, front: pd.DataFrame, finalists: 
     evaluated = trials[trials["status"].isin(["ok", "stopped"])] if not trials.empty else trials
     if not evaluated.empty:
         ax.scatter(evaluated["latency_ms"], evaluated["accuracy"], s=14, color="0.55", alpha=0.35,
-                   linewidths=0, label=f"trials ({len(evaluated)})")
+                   linewidths=0, label=f"trials ({len(evaluated)})",
+                   rasterized=True)  # an SVG element per trial would take seconds to write at 10,000 trials
     infeasible = trials[trials["status"] == "infeasible"] if not trials.empty else trials
     if not infeasible.empty:
         ax.scatter(infeasible["latency_ms"], np.full(len(infeasible), evaluated["accuracy"].min()
                                                      if not evaluated.empty else 0.0),
-                   marker="x", s=12, color="0.7", label=f"violates a constraint ({len(infeasible)})")
+                   marker="x", s=12, color="0.7", label=f"violates a constraint ({len(infeasible)})", rasterized=True)
     if not front.empty:
         ordered = front.sort_values("latency_ms")
         ax.plot(ordered["latency_ms"], ordered["accuracy"], "-o", color=FRONT_COLOR, markersize=4,
