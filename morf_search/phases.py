@@ -216,7 +216,7 @@ def _rank_check_phase(context: RunContext) -> str:
     count = config.search.rank_check
     if not count or config.search.evaluation != "oneshot":
         return DONE
-    log = TrialLog(run.rank_check_csv)
+    log = TrialLog(run.rank_check_csv, required=("trial_id", "arch"))  # its rows have no status
     done = log.frame()
     trained = {a: float(v) for a, v in zip(done["arch"], done["standalone_accuracy"])} if not done.empty else {}
     trials = TrialLog(run.trials_csv).frame()

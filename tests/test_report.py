@@ -14,22 +14,10 @@ import pytest
 from morf_search.models.arch import Arch
 from morf_search.report.report import write_report
 from morf_search.rundir import RunDir
-from morf_search.search.pareto import hypervolume_2d, hypervolume_curve, nondominated_ranks, pareto_front
+from morf_search.search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
 from morf_search.search.trials import TrialLog, make_row
 
 ARCHS = ["k3-static", "k5-static", "k3.5-soft", "k3.5-hard"]
-
-
-def test_nondominated_ranks_match_brute_force():
-    rng = np.random.default_rng(0)
-    points = rng.integers(0, 6, (60, 2)).astype(float)
-    ranks = nondominated_ranks(points)
-    front = {i for i in range(len(points))
-             if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(len(points)))}
-    assert {i for i in range(len(points)) if ranks[i] == 0} == front
-    for i, j in itertools.combinations(range(len(points)), 2):  # a dominating point has a smaller rank
-        if np.all(points[i] <= points[j]) and np.any(points[i] < points[j]):
-            assert ranks[i] < ranks[j]
 
 
 def frame(rows):

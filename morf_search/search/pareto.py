@@ -1,4 +1,4 @@
-"""Pareto fronts over trial rows: non-dominated sorting with constraints, and 2-D hypervolume.
+"""Pareto fronts over trial rows with constraints, and 2-D hypervolume, in O(n log n) for two objectives.
 
 Objectives have a direction (accuracy is maximized, latency, params and FLOPs minimized).
 Only evaluated, feasible rows compete; a row satisfying every constraint dominates any
@@ -6,6 +6,7 @@ that violates one.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,35 +30,87 @@ def feasible(frame: pd.DataFrame, constraints: Optional[Dict[str, float]] = None
     return frame[keep]
 
 
-def nondominated_ranks(points: np.ndarray) -> np.ndarray:
-    """Front index of every point (0 = Pareto front) for minimization, by repeated peeling."""
-    n = len(points)
-    ranks = np.full(n, -1)
-    remaining = np.arange(n)
-    rank = 0
-    while remaining.size:
-        sub = points[remaining]
-        dominated = np.zeros(len(remaining), dtype=bool)
-        for i in range(len(remaining)):
-            better_or_equal = np.all(sub <= sub[i], axis=1)
-            strictly_better = np.any(sub < sub[i], axis=1)
-            dominated[i] = np.any(better_or_equal & strictly_better)
-        ranks[remaining[~dominated]] = rank
-        remaining = remaining[dominated]
-        rank += 1
-    return ranks
+def nondominated(points: np.ndarray) -> np.ndarray:
+    """Which points (minimization, one row each) no other point dominates; equal points all stay.
+
+    Two objectives: sorted by the first, a point is on the front when it has the least second
+    objective of its first-objective value and beats every smaller first value: O(n log n). More
+    objectives: in lexicographic order a point can only be dominated by earlier ones, hence by an
+    earlier front member: O(n x front size).
+    """
+    n, dims = points.shape
+    order = np.lexsort(points.T[::-1])
+    ordered = points[order]
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    if dims <= 2:
+        first, second = ordered[:, 0], ordered[:, -1]
+        starts = np.flatnonzero(np.r_[True, first[1:] != first[:-1]])  # groups of equal first objective
+        group_least = np.minimum.reduceat(second, starts)
+        before = np.r_[np.inf, np.minimum.accumulate(group_least)[:-1]]  # least second of smaller firsts
+        sizes = np.diff(np.r_[starts, n])
+        keep[order] = (second == np.repeat(group_least, sizes)) & (second < np.repeat(before, sizes))
+        return keep
+    front = np.empty((0, dims))
+    for index, point in zip(order, ordered):
+        if not np.any(np.all(front <= point, axis=1) & np.any(front < point, axis=1)):
+            keep[index] = True
+            front = np.vstack([front, point])
+    return keep
 
 
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[str],
                  constraints: Optional[Dict[str, float]] = None) -> pd.DataFrame:
     """The feasible non-dominated rows, sorted by the second objective (or the first)."""
-    candidates = feasible(frame, constraints).dropna(subset=list(objectives))
-    candidates = candidates.drop_duplicates(subset="arch") if "arch" in candidates else candidates
+    candidates = _candidates(frame, objectives, constraints)
     if candidates.empty:
         return candidates
-    ranks = nondominated_ranks(_as_minimization(candidates, objectives))
-    front = candidates[ranks == 0]
+    front = candidates[nondominated(_as_minimization(candidates, objectives))]
     return front.sort_values(list(objectives[1:2] or objectives[:1])).reset_index(drop=True)
+
+
+def _candidates(frame: pd.DataFrame, objectives: Sequence[str], constraints: Optional[Dict[str, float]]):
+    """Rows that compete: feasible, every objective measured, the first row of each arch."""
+    candidates = feasible(frame, constraints).dropna(subset=list(objectives))
+    return candidates.drop_duplicates(subset="arch") if "arch" in candidates else candidates
+
+
+class _Staircase:
+    """The 2-D front of the points added so far and the area it dominates up to ``reference``.
+
+    Points are kept by increasing first objective (hence decreasing second); adding one costs a
+    binary search plus the front members it removes, so n additions cost O(n log n) comparisons.
+    """
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = reference
+        self.xs: List[float] = []
+        self.ys: List[float] = []
+        self.volume = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        if not (x < self.reference[0] and y < self.reference[1]):
+            return
+        right = bisect.bisect_right(self.xs, x)  # members with a first objective <= x
+        if right and self.ys[right - 1] <= y:
+            return  # dominated by (or equal to) a member
+        start = bisect.bisect_left(self.xs, x)
+        end = start
+        while end < len(self.xs) and self.ys[end] >= y:  # the members the new point dominates
+            end += 1
+        # the new area: strips from x to each next corner, under the height the front covered there
+        height, left, gained = (self.ys[start - 1] if start else self.reference[1]), x, 0.0
+        for corner_x, corner_y in zip(self.xs[start:end], self.ys[start:end]):
+            gained += (corner_x - left) * (height - y)
+            left, height = corner_x, corner_y
+        limit = self.xs[end] if end < len(self.xs) else self.reference[0]
+        self.volume += gained + (limit - left) * (height - y)
+        self.xs[start:end], self.ys[start:end] = [x], [y]
+
+
+def _reference_point(objectives: Sequence[str], reference: Sequence[float]) -> np.ndarray:
+    return np.array([reference[i] * (-1.0 if OBJECTIVES[o] == "max" else 1.0) for i, o in enumerate(objectives)])
 
 
 def hypervolume_2d(front: pd.DataFrame, objectives: Tuple[str, str], reference: Tuple[float, float]) -> float:
@@ -66,25 +119,26 @@ def hypervolume_2d(front: pd.DataFrame, objectives: Tuple[str, str], reference: 
     For accuracy (max) vs latency (min) with reference (acc_ref, lat_ref): the area of
     points (latency <= lat_ref, accuracy >= acc_ref) that some front member dominates.
     """
-    if front.empty:
-        return 0.0
-    points = _as_minimization(front, objectives)
-    ref = np.array([reference[i] * (-1.0 if OBJECTIVES[o] == "max" else 1.0) for i, o in enumerate(objectives)])
-    points = points[np.all(points < ref, axis=1)]
-    volume, lowest = 0.0, ref[1]
-    staircase = []
-    for x, y in points[np.lexsort((points[:, 1], points[:, 0]))]:  # by first objective, then second
-        if y < lowest:
-            staircase.append((x, y))
-            lowest = y
-    for i, (x, y) in enumerate(staircase):
-        right = staircase[i + 1][0] if i + 1 < len(staircase) else ref[0]
-        volume += (right - x) * (ref[1] - y)
-    return float(volume)
+    staircase = _Staircase(_reference_point(objectives, reference))
+    if not front.empty:
+        for x, y in _as_minimization(front, objectives):
+            staircase.add(x, y)
+    return float(staircase.volume)
 
 
 def hypervolume_curve(frame: pd.DataFrame, objectives: Tuple[str, str], reference: Tuple[float, float],
                       constraints: Optional[Dict[str, float]] = None) -> List[float]:
-    """Hypervolume of the front of the first n trials, for n = 1 .. len(frame) (search progress)."""
-    return [hypervolume_2d(pareto_front(frame.iloc[:n], objectives, constraints), objectives, reference)
-            for n in range(1, len(frame) + 1)]
+    """Hypervolume of the front of the first n trials, for n = 1 .. len(frame) (search progress).
+
+    One pass: the front of the first n rows is the front of the competing rows among them (a later
+    row of an arch never competes), so each row updates a running staircase.
+    """
+    staircase = _Staircase(_reference_point(objectives, reference))
+    candidates = _candidates(frame.reset_index(drop=True), objectives, constraints) if not frame.empty else frame
+    points = dict(zip(candidates.index, _as_minimization(candidates, objectives))) if not candidates.empty else {}
+    curve = []
+    for position in range(len(frame)):
+        if position in points:
+            staircase.add(*points[position])
+        curve.append(float(staircase.volume))
+    return curve
