@@ -1,6 +1,5 @@
 """Pareto fronts, hypervolumes, and reports of partial runs and runs with failed trials."""
 import html
-import itertools
 import re
 import subprocess
 import sys
