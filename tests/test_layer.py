@@ -193,7 +193,8 @@ def test_top1_inference_groups_samples_by_expert_and_matches_per_sample_kernels(
         conv2d = F.conv2d
         monkeypatch.setattr(F, "conv2d", lambda inputs, weight, *args: (
             convolved.append((weight.shape[-1], args[3])), conv2d(inputs, weight, *args))[1])
-        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, experts, stride, CHANNELS)
+        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, [e.kernel_size for e in experts],
+                              [e.dilation for e in experts], stride, CHANNELS)
         assert convolved == [(experts[i].kernel_size, experts[i].dilation) for i in chosen]
         torch.testing.assert_close(grouped, per_sample, atol=1e-5, rtol=0)
         torch.testing.assert_close(layer(x), per_sample, atol=1e-5, rtol=0)
