@@ -214,6 +214,31 @@ def test_traced_deploy_form_routes_each_input_anew():
         torch.testing.assert_close(traced(other), deploy(other), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("routing", ROUTINGS + ["hard2"])
+def test_torchscript_runs_both_forms_as_eager_does(routing):
+    """torch.jit.script compiles the layer's own forward (no trace): routing still depends on each input."""
+    top_k = 2 if routing == "hard2" else 1
+    layer = make_layer([3, "3d2", 5, 7], routing.rstrip("2"), CHANNELS, top_k=top_k)
+    layer.set_active([3, "3d2", 7])
+    x = torch.randn(6, CHANNELS, SIZE, SIZE) + 3 * torch.randn(6, CHANNELS, 1, 1)
+    if layer.router is not None:
+        with torch.no_grad():
+            for param in layer.router.parameters():  # decisive, so samples pick different experts
+                param.normal_()
+    scripted = torch.jit.script(layer)
+    out = scripted(x)
+    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0)
+    out.square().mean().backward()
+    assert layer.weights[1].grad is not None and layer.weights[2].grad is None  # experts 3, 3d2, 5, 7: 5 is inactive
+    if routing.startswith("hard"):
+        torch.testing.assert_close(scripted.last_balance_loss, load_balance_loss(layer._router_logits(x), top_k))
+    layer.eval()
+    deployed = torch.jit.script(layer.fuse())
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), layer(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.jit.script(layer.eval())(x), layer(x), atol=1e-5, rtol=0)
+
+
 def test_gumbel_hard_routing_still_selects_top_k():
     layer = make_layer([3, 5, 7], "hard", CHANNELS, top_k=1)
     layer.gumbel = True
