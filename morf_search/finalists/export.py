@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from importlib.metadata import metadata, version
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import timm
 import torch
@@ -89,8 +89,8 @@ def architecture_note(model: nn.Module, config: SpaceFile) -> Optional[str]:
 
 
 def export_model(directory: Path, deployed: nn.Module, config: SpaceFile, classes: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float], card: "ModelCard", onnx: bool = False,
-                 images: Optional[torch.Tensor] = None) -> Path:
+                 mean: Sequence[float], std: Sequence[float], card: "ModelCard", images: torch.Tensor,
+                 onnx: bool = False) -> Path:
     """Write the export directory (replacing an older export only once the new one is complete).
 
     With ``onnx``, model.onnx is checked against PyTorch on ``images`` under ONNX Runtime and
@@ -126,7 +126,7 @@ def export_model(directory: Path, deployed: nn.Module, config: SpaceFile, classe
     return directory
 
 
-def write_checked_onnx(model: nn.Module, path: Path, size: int, images: Optional[torch.Tensor]) -> Dict[str, object]:
+def write_checked_onnx(model: nn.Module, path: Path, size: int, images: torch.Tensor) -> Dict[str, object]:
     """model.onnx, and how it compares with PyTorch under ONNX Runtime (when installed) on ``images``."""
     fixed = has_fixed_batch(model)
     export_onnx(model, path, torch.zeros(1, 3, size, size))
@@ -136,7 +136,7 @@ def write_checked_onnx(model: nn.Module, path: Path, size: int, images: Optional
     except ImportError:
         return facts
     device = next(model.parameters()).device
-    images = torch.randn(4, 3, size, size) if images is None else images.cpu()
+    images = images.cpu()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = []
     for batch in images.split(1) if fixed else [images]:
@@ -249,7 +249,8 @@ class ModelCard:
                   "`timm.data.create_dataset('', root=DATA, class_map='PATH/class_map.txt')`.", ""]
         lines += ["## timm's scripts", ""]
         if plain:
-            lines += ["`onnx_export.py`, `benchmark.py` and `validate.py` take `--model local-dir:PATH` as they are.", ""]
+            lines += ["`onnx_export.py`, `benchmark.py` and `validate.py` take `--model local-dir:PATH` as they are.",
+                      ""]
         else:
             lines += [f"They do not import morf_search; run them through it, e.g. `{RUN_TIMM_SCRIPT} benchmark.py "
                       f"--model local-dir:PATH --reparam --torchscript --num-classes {self.num_classes} "

@@ -132,7 +132,7 @@ class Finalizer:
         card = ModelCard(arch, name, run.path.name, config, facts, max_abs_diff, VERIFY_TOLERANCE, len(images),
                          context.supernet is not None, context.num_classes, deploy_latency.environment)
         directory = export_model(run.exports / str(arch), deployed, config, context.classes, context.splits.mean,
-                                 context.splits.std, card, onnx=onnx, images=images)
+                                 context.splits.std, card, images, onnx=onnx)
         run.record_files(*sorted(p for p in directory.iterdir() if p.is_file()))
         return {
             "arch": str(arch), "accuracy_oneshot": accuracy_before, "accuracy_finetuned": accuracy_after,
