@@ -193,7 +193,8 @@ def test_top1_inference_groups_samples_by_expert_and_matches_per_sample_kernels(
         conv2d = F.conv2d
         monkeypatch.setattr(F, "conv2d", lambda inputs, weight, *args: (
             convolved.append((weight.shape[-1], args[3])), conv2d(inputs, weight, *args))[1])
-        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, experts, stride, CHANNELS)
+        grouped = top1_conv2d(x, logits.argmax(1), bank, bias_bank, [e.kernel_size for e in experts],
+                              [e.dilation for e in experts], stride, CHANNELS)
         assert convolved == [(experts[i].kernel_size, experts[i].dilation) for i in chosen]
         torch.testing.assert_close(grouped, per_sample, atol=1e-5, rtol=0)
         torch.testing.assert_close(layer(x), per_sample, atol=1e-5, rtol=0)
@@ -211,6 +212,31 @@ def test_traced_deploy_form_routes_each_input_anew():
     with torch.no_grad():
         traced = torch.jit.trace(deploy, example, check_trace=False)
         torch.testing.assert_close(traced(other), deploy(other), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS + ["hard2"])
+def test_torchscript_runs_both_forms_as_eager_does(routing):
+    """torch.jit.script compiles the layer's own forward (no trace): routing still depends on each input."""
+    top_k = 2 if routing == "hard2" else 1
+    layer = make_layer([3, "3d2", 5, 7], routing.rstrip("2"), CHANNELS, top_k=top_k)
+    layer.set_active([3, "3d2", 7])
+    x = torch.randn(6, CHANNELS, SIZE, SIZE) + 3 * torch.randn(6, CHANNELS, 1, 1)
+    if layer.router is not None:
+        with torch.no_grad():
+            for param in layer.router.parameters():  # decisive, so samples pick different experts
+                param.normal_()
+    scripted = torch.jit.script(layer)
+    out = scripted(x)
+    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0)
+    out.square().mean().backward()
+    assert layer.weights[1].grad is not None and layer.weights[2].grad is None  # experts 3, 3d2, 5, 7: 5 is inactive
+    if routing.startswith("hard"):
+        torch.testing.assert_close(scripted.last_balance_loss, load_balance_loss(layer._router_logits(x), top_k))
+    layer.eval()
+    deployed = torch.jit.script(layer.fuse())
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), layer(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.jit.script(layer.eval())(x), layer(x), atol=1e-5, rtol=0)
 
 
 def test_gumbel_hard_routing_still_selects_top_k():

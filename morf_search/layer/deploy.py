@@ -7,16 +7,18 @@ routing skips the product: each sample takes its expert's kernel, at the expert'
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from .experts import ExpertLike, parse_experts
 from .kernels import dynamic_conv2d
 from .routing import DYNAMIC_MODES, Router, check_top_k, dynamic_weights
 
 
+@register_notrace_module  # a leaf for FX feature extraction, like the training form
 class DynamicMoRFConv2d(nn.Module):
     """Per-sample convolution whose kernel is the router-weighted sum of a fixed bank.
 
@@ -26,6 +28,8 @@ class DynamicMoRFConv2d(nn.Module):
     ``MoRFConv2d.fuse`` places it.
     """
 
+    __jit_ignored_attributes__ = ["experts"]  # forward reads their sizes and dilations as lists
+
     def __init__(self, in_channels: int, out_channels: int, experts: Sequence[ExpertLike],
                  routing: str, top_k: int = 1, stride: int = 1, groups: int = 1, bias: bool = True,
                  router_hidden: int = 8, router_act: type = nn.ReLU, device=None, dtype=None):
@@ -33,6 +37,8 @@ class DynamicMoRFConv2d(nn.Module):
         if routing not in DYNAMIC_MODES:
             raise ValueError(f"routing: a dynamic deploy form routes 'soft' or 'hard', not {routing!r}")
         self.experts = parse_experts(experts, "experts")
+        self.expert_sizes: List[int] = [e.kernel_size for e in self.experts]
+        self.expert_dilations: List[int] = [e.dilation for e in self.experts]
         num_experts, kernel_size = len(self.experts), max(e.span for e in self.experts)
         if routing == "hard":
             check_top_k(top_k, num_experts)
@@ -50,7 +56,7 @@ class DynamicMoRFConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dynamic_conv2d(x, self.router(x), self.routing, self.top_k, 1.0, self.bank, self.bias_bank,
-                              self.experts, self.stride, self.groups)
+                              self.expert_sizes, self.expert_dilations, self.stride, self.groups)
 
     def extra_repr(self) -> str:
         experts = ",".join(map(str, self.experts))

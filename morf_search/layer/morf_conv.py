@@ -6,15 +6,18 @@ one convolution of the largest active size, except top-1 hard routing at inferen
 convolves each group of samples at its own expert's size (see ``kernels.top1_conv2d``), so
 a sample routed to a 3x3 expert costs a 3x3 conv. ``fuse()`` returns the deploy form, which
 ``timm.utils.reparameterize_model`` swaps in.
-"""
-from __future__ import annotations
 
+Both forms are TorchScript-compatible: what ``forward`` reads is plain ints, strings, lists
+and tensors (the experts' sizes and dilations as lists, the active experts as indices);
+the ``Expert`` objects and the Python-only helpers stay out of the scripted graph.
+"""
 import math
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .deploy import DynamicMoRFConv2d, routing_repr
 from .experts import Expert, ExpertLike, parse_experts
@@ -34,6 +37,7 @@ def router_hidden(in_channels: int, reduction: int) -> int:
     return max(in_channels // reduction, 8)
 
 
+@register_notrace_module  # FX feature extraction keeps it whole: its routing branches on the data
 class MoRFConv2d(nn.Module):
     """Mixture-of-Receptive-Fields convolution.
 
@@ -51,6 +55,11 @@ class MoRFConv2d(nn.Module):
             decides whether the layer owns static weights, a router, or both.
         router_reduction, router_act: width divisor and activation of the router's hidden layer.
     """
+
+    # what TorchScript must not type: Python values that forward never reads
+    __jit_ignored_attributes__ = ["experts", "routings", "router_act"]
+    __jit_unused_properties__ = ["active_experts", "kernel_size"]
+    last_balance_loss: Optional[torch.Tensor]  # a real annotation (no postponed evaluation here): script reads it
 
     def __init__(
             self,
@@ -77,6 +86,8 @@ class MoRFConv2d(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau: must be positive, got {tau!r}")
         self.experts: Tuple[Expert, ...] = parse_experts(kernel_sizes, "kernel_sizes")
+        self.expert_sizes: List[int] = [e.kernel_size for e in self.experts]
+        self.expert_dilations: List[int] = [e.dilation for e in self.experts]
         check_routing(routing)
         self.routings = tuple(dict.fromkeys([routing, *(check_routing(r, "routings") for r in routings or ())]))
         check_top_k(top_k, len(self.experts))
@@ -96,7 +107,7 @@ class MoRFConv2d(nn.Module):
             self.router = Router(in_channels, num_experts, router_hidden(in_channels, router_reduction), router_act)
         self.reset_parameters()
 
-        self.active: Tuple[int, ...] = tuple(range(num_experts))
+        self.active: List[int] = list(range(num_experts))
         self.routing, self.top_k = routing, top_k
         self.last_balance_loss: Optional[torch.Tensor] = None
 
@@ -129,7 +140,7 @@ class MoRFConv2d(nn.Module):
             if unknown:
                 raise ValueError(f"experts: {', '.join(unknown)} not among this layer's experts "
                                  f"({', '.join(map(str, self.experts))})")
-            active = tuple(self.experts.index(e) for e in wanted)
+            active = [self.experts.index(e) for e in wanted]
         routing = self.routing if routing is None else check_routing(routing)
         if routing not in self.routings:
             raise ValueError(f"routing: {routing!r} was not declared in this layer's routings {self.routings}")
@@ -148,17 +159,34 @@ class MoRFConv2d(nn.Module):
         return max(e.span for e in self.active_experts)
 
     # -- forward ----------------------------------------------------------------------------
-    def _bank(self):
-        bank = stack_kernels([self.weights[i] for i in self.active], self.active_experts)
-        bias_bank = torch.stack([self.biases[i] for i in self.active]) if self.biases is not None else None
+    def _active_geometry(self) -> Tuple[List[int], List[int]]:
+        """Kernel sizes and dilations of the active experts, in bank order."""
+        return [self.expert_sizes[i] for i in self.active], [self.expert_dilations[i] for i in self.active]
+
+    def _bank(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        weights: List[torch.Tensor] = [w for w in self.weights]
+        sizes, dilations = self._active_geometry()
+        bank = stack_kernels([weights[i] for i in self.active], sizes, dilations)
+        bias_bank: Optional[torch.Tensor] = None
+        if self.biases is not None:
+            biases: List[torch.Tensor] = [b for b in self.biases]
+            bias_bank = torch.stack([biases[i] for i in self.active])
         return bank, bias_bank
 
+    def _active_rows(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        if len(self.active) == len(self.expert_sizes):
+            return tensor
+        return tensor.index_select(dim, torch.tensor(self.active, device=tensor.device))
+
     def _static_mix(self) -> torch.Tensor:
-        return F.softmax(self.static_logits[list(self.active)], dim=0)
+        logits = self.static_logits
+        assert logits is not None, "a static layer has static logits"
+        return F.softmax(self._active_rows(logits, 0), dim=0)
 
     def _router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.router(x)
-        return logits if len(self.active) == len(self.experts) else logits[:, list(self.active)]
+        router = self.router
+        assert router is not None, "a routed layer has a router"
+        return self._active_rows(router(x), 1)
 
     def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample weights (B, active experts) of soft or hard routing, without Gumbel noise."""
@@ -176,8 +204,9 @@ class MoRFConv2d(nn.Module):
             self.last_balance_loss = load_balance_loss(logits, self.top_k)
             if self.gumbel:
                 logits = gumbel_perturb(logits)
-        return dynamic_conv2d(x, logits, self.routing, self.top_k, self.tau, bank, bias_bank,
-                              self.active_experts, self.stride, self.groups)
+        sizes, dilations = self._active_geometry()
+        return dynamic_conv2d(x, logits, self.routing, self.top_k, self.tau, bank, bias_bank, sizes, dilations,
+                              self.stride, self.groups)
 
     @torch.no_grad()
     def extract_active(self) -> "MoRFConv2d":

@@ -22,9 +22,11 @@ def morf_from_conv(conv: nn.Conv2d, spec: StageSpec, *, bias: bool, act_layer: t
 
 
 class MoRFModelMixin:
-    """Arch bookkeeping for a timm model whose per-stage convs are MoRF layers."""
+    """Arch bookkeeping for a timm model whose per-stage convs are MoRF layers.
 
-    arch: Arch
+    ``arch`` (an ``Arch``) is a plain attribute, not a class annotation, so that TorchScript,
+    which types annotated attributes, leaves it out: forward never reads it.
+    """
 
     def stage_modules(self) -> List[nn.Module]:
         raise NotImplementedError
