@@ -14,12 +14,21 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
+from typing_extensions import TypedDict
+
 from .core.errors import UserError
 from .core.fileio import file_hash, read_json, write_json, write_text
 from .space.schema import SpaceFile, load_space
 
 PHASES = ("supernet", "search", "pareto", "rank_check", "finalists", "report")
 TRACKED_PACKAGES = ("morf-search", "torch", "torchvision", "timm", "ray", "optuna", "nni", "pandas", "safetensors")
+
+
+class ManifestShape(TypedDict):
+    """What every reader of manifest.json relies on (read_json checks it)."""
+
+    phases: Dict[str, Dict[str, Any]]
+    files: Dict[str, str]
 
 
 class RunError(UserError):
@@ -127,7 +136,7 @@ class RunDir:
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> Dict[str, Any]:
         if self._manifest is None:
-            self._manifest = read_json(self.manifest_file)
+            self._manifest = read_json(self.manifest_file, ManifestShape)
         return self._manifest
 
     def _write_manifest(self) -> None:

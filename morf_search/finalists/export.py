@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models import save_for_hf
+from typing_extensions import NotRequired, TypedDict
 
 from ..core.fileio import CorruptFileError, load_weights, read_json, write_text
 from ..models.arch import Arch
@@ -64,15 +65,22 @@ def export_model(directory: Path, deployed: nn.Module, config: SpaceFile, classe
     return directory
 
 
+class ExportConfigShape(TypedDict):
+    """What loading an export relies on in its config.json (timm's save_for_hf writes more)."""
+
+    architecture: str
+    num_classes: int
+    model_args: NotRequired[Dict[str, Any]]
+    pretrained_cfg: NotRequired[Dict[str, Any]]
+
+
 def load_export(directory: Path) -> nn.Module:
     """Load an export through timm, first checking both files so a damaged one is named clearly."""
     directory = Path(directory)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CorruptFileError(f"{config_file}: missing; is {directory} an export directory?")
-    config = read_json(config_file)
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise CorruptFileError(f"{config_file}: not a timm model config (no 'architecture')")
+    read_json(config_file, ExportConfigShape)
     load_weights(directory / "model.safetensors")  # raises CorruptFileError naming the file
     try:
         return timm.create_model(f"local-dir:{directory}", pretrained=True).eval()
