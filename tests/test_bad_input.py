@@ -7,6 +7,7 @@ import tracemalloc
 import pytest
 import torch
 import yaml
+from test_data import write_image_folder
 
 from morf_search.cli import main
 from morf_search.core.errors import UserError
@@ -159,6 +160,20 @@ def test_image_folder_class_count_comes_from_its_folders(tmp_path):
     (tmp_path / "val").rename(tmp_path / "test")
     with pytest.raises(UserError, match="needs train/ and val/ subfolders"):
         parse_space(data)
+
+
+def test_a_timm_dataset_contradicting_num_classes_stops_run_before_the_run_directory(tmp_path, capsys):
+    write_image_folder(tmp_path / "data")  # 3 classes, known only once timm opens it
+    path = tmp_path / "space.yaml"
+    data = quickstart(**{"model.num_classes": 5, "data.dataset": f"torch/image_folder:{tmp_path / 'data'}"})
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {path}: model.num_classes: 5 contradicts the 3 classes of "
+                                               f"torch/image_folder:{tmp_path / 'data'}; leave it out to use the "
+                                               "dataset's")
+    assert not (tmp_path / "runs").exists()
 
 
 # -- files a run keeps ------------------------------------------------------------------------

@@ -416,17 +416,31 @@ class SpaceFile(_Section):
             space = SearchSpace(self)
         except ValueError as err:
             raise _field_error("space", str(err)) from None
-        known, wanted = self.data.known_classes(), self.model.num_classes
-        if known and wanted and known != wanted:
-            raise _field_error("model.num_classes", f"{wanted} contradicts the {known} classes of {self.data.dataset}; "
-                                                    "leave it out to use the dataset's")
-        _check_supernet(space, wanted or known or 10)  # without a known count, any head shows what the body takes
+        known = self.data.known_classes()
+        conflict = _class_conflict(self, known)
+        if conflict:
+            raise _field_error("model.num_classes", conflict)
+        _check_supernet(space, self.model.num_classes or known or 10)  # any head shows what the body takes
         return self
 
     @property
     def stage_spaces(self) -> Tuple[StageSpace, ...]:
         stages = self.space.stages
         return tuple(stages) * self.model.registered.num_stages if len(stages) == 1 else tuple(stages)
+
+
+def check_dataset_classes(space: SpaceFile, found: int, source: str) -> None:
+    """For datasets that tell their classes only once opened (timm's): run calls this before the run exists."""
+    conflict = _class_conflict(space, found)
+    if conflict:
+        raise SpaceFileError(f"{source}: model.num_classes: {conflict}")
+
+
+def _class_conflict(space: SpaceFile, found: Optional[int]) -> Optional[str]:
+    wanted = space.model.num_classes
+    if found and wanted and found != wanted:
+        return f"{wanted} contradicts the {found} classes of {space.data.dataset}; leave it out to use the dataset's"
+    return None
 
 
 def _check_supernet(space, num_classes: int) -> None:
