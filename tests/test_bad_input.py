@@ -13,6 +13,7 @@ from morf_search.cli import main
 from morf_search.core.errors import UserError
 from morf_search.rundir import RunDir
 from morf_search.space.schema import MAX_YAML_NODES, dump_space, load_space, parse_space
+from morf_search.training.embedded import EMBEDDED_CLASSES
 
 QUICKSTART = (__import__("pathlib").Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml").read_text()
 
@@ -78,7 +79,8 @@ def test_console_script_refuses_hostile_files_with_exit_2(tmp_path, kind):
 
 
 def test_anchors_that_share_a_stage_stay_allowed(tmp_path):
-    text = QUICKSTART.replace("    - {kernels: [3, 5, 7], max_experts: 2", "    - &s {kernels: [3, 5, 7], max_experts: 2")
+    stage1 = "    - {kernels: [3, 5, 7], max_experts: 2"
+    text = QUICKSTART.replace(stage1, stage1.replace("- {", "- &s {"))
     text = text.replace("    - {kernels: [3, 5], max_experts: 2, routing: [static, soft]}", "    - *s")
     (tmp_path / "space.yaml").write_text(text)
     space = load_space(tmp_path / "space.yaml")
@@ -106,6 +108,7 @@ NOT_RUNNABLE = [
                                          "arguments: ConvNeXt.__init__() got an unexpected keyword argument"),
     ({"model.args": {"patch_size": "two"}}, "model.args: timm cannot build morf_convnext_cifar"),
     ({"model.args": {"drop_path_rate": "lots"}}, "model.args: timm cannot build"),
+    ({"model.args": {"in_chans": 1}}, "model.args: a batch of 3-channel 32 px images does not pass through"),
     ({"space.stages": [{"kernels": [3, 100001]}]}, "space.stages[0].kernels: expert 100001 spans 100,001 px, above "
                                                    "the limit of 101"),
     ({"space.stages": [{"kernels": [3, "3d1000"]}]}, "expert 3d1000 spans 2,001 px, above the limit of 101"),
@@ -147,6 +150,10 @@ def test_auto_devices_and_sane_sizes_stay_valid():
     space = parse_space(quickstart(**{"device": "auto", "latency.device": "auto", "model.num_classes": 10,
                                       "space.stages": [{"kernels": [3, "25d2"]}]}))
     assert space.device == "auto" and space.stage_spaces[0].kernels == ["3", "25d2"]  # span 49: SLaK's size
+
+
+def test_the_schema_knows_the_embedded_class_count():
+    assert parse_space({}).data.known_classes() == len(EMBEDDED_CLASSES) == 10
 
 
 def test_image_folder_class_count_comes_from_its_folders(tmp_path):

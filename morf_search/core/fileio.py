@@ -100,14 +100,14 @@ def read_csv(path: Path, columns: Mapping[str, Any]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.StringIO(read_text(path)))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise CorruptFileError(f"{path}: not a readable CSV table ({_first_line(err)})") from None
+        raise CorruptFileError(f"{path}: not a readable CSV table ({first_line(err)})") from None
     missing = [name for name in columns if name not in frame]
     if missing:
         raise CorruptFileError(f"{path}: no column {', '.join(map(repr, missing))}; not the table morf-search wrote")
     try:
         return frame.astype(dict(columns))
     except (ValueError, TypeError) as err:
-        raise CorruptFileError(f"{path}: a column holds values of the wrong type ({_first_line(err)})") from None
+        raise CorruptFileError(f"{path}: a column holds values of the wrong type ({first_line(err)})") from None
 
 
 def _where(err: ValidationError) -> str:
@@ -116,7 +116,8 @@ def _where(err: ValidationError) -> str:
     return f"{where}: {first['msg'].lower()}" if where else first["msg"].lower()
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """An exception's message cut to one line, for the one-line errors users see."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 

@@ -20,11 +20,13 @@ from timm.optim import list_optimizers
 
 from ..core.device import resolve_device
 from ..core.errors import UserError
+from ..core.fileio import first_line
 from ..layer.experts import Expert
 from ..layer.routing import ROUTING_MODES
 from ..models.registry import ModelFamily, get_family, list_families
 
 EMBEDDED_MIN_IMAGE_SIZE = 24  # the embedded dataset's class is a 16 px displacement: it needs room for it
+EMBEDDED_NUM_CLASSES = 10  # its displacement directions (training.embedded; the layers below may not import it)
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "params": "min", "flops": "min"}
 ALGORITHMS = {"ray": ("random", "tpe", "nsga2"), "nni": ("random", "evolution", "tpe", "grid")}
 DATASET_FORMS = ("embedded", "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH",
@@ -195,9 +197,7 @@ class DataConfig(_Section):
         """The dataset's class count where it is known without reading images; None where only loading tells."""
         kind, _, path = self.dataset.partition(":")
         if kind == "embedded":
-            from ..training.embedded import EMBEDDED_CLASSES  # it reads this module's image-size minimum
-
-            return len(EMBEDDED_CLASSES)
+            return EMBEDDED_NUM_CLASSES
         if kind in CIFAR_CLASSES:
             return CIFAR_CLASSES[kind]
         if kind == "imagefolder":
@@ -451,7 +451,7 @@ def _check_supernet(space, num_classes: int) -> None:
             model = space.build_supernet(num_classes)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:
         raise _field_error(_blame(space, num_classes, err),
-                           f"timm cannot build {model_config.timm_name} with these arguments: {_first_line(err)}")
+                           f"timm cannot build {model_config.timm_name} with these arguments: {first_line(err)}")
     params = sum(p.numel() for p in model.parameters())
     if params > MAX_PARAMS:
         raise _field_error("model", f"the supernet would have {params:,} parameters, above the limit of "
@@ -460,8 +460,12 @@ def _check_supernet(space, num_classes: int) -> None:
         with torch.no_grad():
             model.train()(torch.zeros(2, 3, image_size, image_size, device="meta"))
     except (RuntimeError, ValueError) as err:
-        raise _field_error("data.image_size", f"{image_size} px images are too small for {model_config.timm_name} "
-                                              f"with these depths and model args: {_first_line(err)}")
+        if "size" in str(err):  # downsampled below the kernel or to nothing
+            raise _field_error("data.image_size", f"{image_size} px images are too small for {model_config.timm_name} "
+                                                  f"with these depths and model args: {first_line(err)}")
+        raise _field_error("model.args" if model_config.args else "model",
+                           f"a batch of 3-channel {image_size} px images does not pass through "
+                           f"{model_config.timm_name} with these arguments: {first_line(err)}")
 
 
 def _blame(space, num_classes: int, err: Exception) -> str:
@@ -478,11 +482,6 @@ def _blame(space, num_classes: int, err: Exception) -> str:
     except Exception:  # noqa: BLE001 - without the args it fails too: the args are not the (only) cause
         return "model"
     return "model.args"
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    return lines[0][:300]
 
 
 def _field_error(field: str, message: str) -> ValueError:
