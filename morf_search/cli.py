@@ -162,3 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # python -m morf_search.cli, as well as python -m morf_search
+    raise SystemExit(main())

@@ -31,8 +31,9 @@ from .search.engines import get_engine
 from .search.fidelity import rank_agreement, spread_by_latency, verdict
 from .search.pareto import pareto_front
 from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
-from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
+from .space.schema import ALGORITHMS, SpaceFile, check_dataset_classes, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
+from .training.data import load_splits
 from .training.evaluate import top1_accuracy
 from .training.loop import Checkpoint, fit
 from .training.routing_stats import RoutingRecorder
@@ -132,6 +133,8 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
 def _create_run(path: Path, config: SpaceFile, space_path: Path) -> RunDir:
     backend = get_backend(config.latency.backend)
     backend.environment()  # a backend that is not installed is refused before the run exists
+    if config.model.num_classes and config.data.known_classes() is None:  # a timm dataset: open it to know
+        check_dataset_classes(config, load_splits(config.data).num_classes, str(space_path))
     snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
     run = RunDir.create(path, snapshot, config.seed, command=shlex.join(["morf-search", *sys.argv[1:]]))
     setup = latency_setup(SearchSpace(config))

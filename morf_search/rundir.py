@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import Any, Dict, Iterable, Iterator, Optional
 
+from typing_extensions import TypedDict
+
 from .core.errors import UserError
 from .core.fileio import CorruptFileError, file_hash, read_json, write_json, write_text
 from .core.progress import say
@@ -27,13 +29,19 @@ from .space.schema import SpaceFile, load_space
 PHASES = ("supernet", "search", "pareto", "rank_check", "finalists", "report")
 TRACKED_PACKAGES = ("morf-search", "torch", "torchvision", "timm", "ray", "optuna", "nni", "pandas", "safetensors")
 
-
 # The phase whose output a recorded file is (a file in a folder: the folder's phase); a file is
 # verified once that phase is done, since before that the phase may still be rewriting it.
 FILE_PHASES = {"supernet.safetensors": "supernet", "trials.csv": "search", "references.csv": "search",
                "pareto.csv": "pareto", "rank_check.csv": "rank_check", "finalists.csv": "finalists",
                "exports": "finalists", "finalists": "finalists", "plots": "report", "report.md": "report"}
 _HELD: Dict[str, int] = {}  # run directories this process owns, and how many owners nest
+
+
+class ManifestShape(TypedDict):
+    """What every reader of manifest.json relies on (read_json checks it)."""
+
+    phases: Dict[str, Dict[str, Any]]
+    files: Dict[str, str]
 
 
 class RunError(UserError):
@@ -207,7 +215,7 @@ class RunDir:
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> Dict[str, Any]:
         if self._manifest is None:
-            self._manifest = read_json(self.manifest_file)
+            self._manifest = read_json(self.manifest_file, ManifestShape)
         return self._manifest
 
     def _write_manifest(self) -> None:

@@ -114,8 +114,10 @@ def test_shipped_spaces_are_valid(name, tmp_path):
 
     path = Path(__file__).parents[1] / "search_spaces" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
-    if data["data"]["dataset"] != "embedded":  # templates point at the user's data; any existing path will do
+    if data["data"]["dataset"] != "embedded":  # templates point at the user's data; any existing tree will do
         kind = data["data"]["dataset"].partition(":")[0]
+        for split in ("train", "val"):
+            (tmp_path / split / "cat").mkdir(parents=True)
         data["data"]["dataset"] = f"{kind}:{tmp_path}"
     space = SearchSpace(parse_space(data, str(path)))
     assert len(space) > 100 and "#" in path.read_text(), "shipped spaces are commented and searchable"

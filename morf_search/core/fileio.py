@@ -2,19 +2,23 @@
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a
 killed process leaves either the old file or the new one, never half of one. Reads of
-weights use safetensors or ``torch.load(weights_only=True)``; a corrupt file raises a
-``CorruptFileError`` that names it.
+weights use safetensors or ``torch.load(weights_only=True)``; JSON and CSV are decoded as
+strict UTF-8 and checked against the structure their reader relies on. A damaged or foreign
+file raises a ``CorruptFileError``: one line naming it and what is wrong.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping
 
+import pandas as pd
 import torch
+from pydantic import TypeAdapter, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -65,12 +69,66 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_text(path: Path) -> str:
+    """A text file as strict UTF-8 (everything morf-search writes is)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: missing") from None
+    except OSError as err:
+        raise CorruptFileError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                               "it is damaged or not the file morf-search wrote") from None
+
+
+def read_json(path: Path, shape: Any = Any) -> Any:
+    """The parsed file, checked against ``shape`` (any type pydantic validates, e.g. a TypedDict).
+
+    The check names the first key that is missing or of the wrong type, so a file that parses
+    but is not what its reader expects fails as clearly as a truncated one.
+    """
+    try:
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise CorruptFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
                                "it may be truncated") from None
+    try:
+        TypeAdapter(shape).validate_python(data)
+    except ValidationError as err:
+        raise CorruptFileError(f"{path}: {_where(err)}; not the file morf-search wrote") from None
+    return data
+
+
+def read_csv(path: Path, columns: Mapping[str, Any]) -> pd.DataFrame:
+    """A table morf-search wrote, with at least ``columns`` (name -> dtype); no file or an empty one: no rows."""
+    path = Path(path)
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+    try:
+        frame = pd.read_csv(io.StringIO(read_text(path)))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise CorruptFileError(f"{path}: not a readable CSV table ({first_line(err)})") from None
+    missing = [name for name in columns if name not in frame]
+    if missing:
+        raise CorruptFileError(f"{path}: no column {', '.join(map(repr, missing))}; not the table morf-search wrote")
+    try:
+        return frame.astype(dict(columns))
+    except (ValueError, TypeError) as err:
+        raise CorruptFileError(f"{path}: a column holds values of the wrong type ({first_line(err)})") from None
+
+
+def _where(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg'].lower()}" if where else first["msg"].lower()
+
+
+def first_line(err: Exception) -> str:
+    """An exception's message cut to one line, for the one-line errors users see."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def save_weights(path: Path, state_dict: Dict[str, torch.Tensor], metadata: Dict[str, str] = None) -> Path:

@@ -18,12 +18,13 @@ import shutil
 from dataclasses import dataclass
 from importlib.metadata import metadata, version
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models import save_for_hf
+from typing_extensions import NotRequired, TypedDict
 
 from ..core.errors import UserError
 from ..core.fileio import CorruptFileError, file_hash, load_weights, read_json, save_weights, write_json, write_text
@@ -147,6 +148,16 @@ def write_checked_onnx(model: nn.Module, path: Path, size: int, images: torch.Te
     return facts
 
 
+class ExportConfigShape(TypedDict):
+    """What loading an export relies on in its config.json (timm's save_for_hf writes more)."""
+
+    architecture: str
+    num_classes: int
+    model_args: NotRequired[Dict[str, Any]]
+    pretrained_cfg: NotRequired[Dict[str, Any]]
+    morf_search: NotRequired[Dict[str, Any]]
+
+
 def load_export(directory: Path) -> nn.Module:
     """Load an export through timm, first checking both files (and the weights' recorded hash) so a damaged one is
     named clearly."""
@@ -154,9 +165,7 @@ def load_export(directory: Path) -> nn.Module:
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CorruptFileError(f"{config_file}: missing; is {directory} an export directory?")
-    config = read_json(config_file)
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise CorruptFileError(f"{config_file}: not a timm model config (no 'architecture')")
+    config = read_json(config_file, ExportConfigShape)
     weights = directory / "model.safetensors"
     load_weights(weights)  # raises CorruptFileError naming the file
     expected = (config.get("morf_search") or {}).get("weights_sha256")

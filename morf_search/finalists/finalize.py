@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from timm.utils import reparameterize_model
 
-from ..core.fileio import atomic_write, write_json
+from ..core.fileio import atomic_write, read_csv, write_json
 from ..core.progress import say
 from ..latency.cost import count_flops, count_params
 from ..latency.measurement import measure
@@ -34,6 +34,9 @@ from .export import ModelCard, build_deploy_model, check_equivalence, export_mod
 from .select import select_finalists
 
 VERIFY_TOLERANCE = 1e-5
+# the columns of finalists.csv its readers (resume, report) rely on, with their types
+FINALIST_COLUMNS = {"arch": str, "accuracy_oneshot": float, "accuracy_finetuned": float, "latency_ms": float,
+                    "train_latency_ms": float}
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple:
@@ -197,7 +200,7 @@ def run_finalists(context) -> pd.DataFrame:
     run = context.run
     chosen = select_finalists(TrialLog(run.trials_csv).frame(), context.config)
     path = run.finalists_csv
-    done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["arch"])
+    done = read_csv(path, FINALIST_COLUMNS)
     if chosen.empty:
         say("finalists: no feasible architecture on the front")
         return done

@@ -12,11 +12,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from ..core.fileio import write_text
+from ..core.fileio import read_csv, read_json, write_text
+from ..finalists.finalize import FINALIST_COLUMNS
 from ..rundir import PHASES, RunDir
 from ..search.pareto import hypervolume_2d, hypervolume_curve, pareto_front
 from ..search.trials import TrialLog, routing_warnings
 from ..space.search_space import SearchSpace
+from ..training.routing_stats import StageRouting
 from .payoff import baseline_means, payoff_section
 from .plots import latency_bar_note, plot_accuracy_latency, plot_routing, plot_search_progress, plot_training_curve
 
@@ -71,7 +73,7 @@ def write_report(run: RunDir) -> Path:
     environment = manifest.get("environment")
     trials = TrialLog(run.trials_csv).frame()
     references = _read(run.references_csv)
-    finalists = _read(run.finalists_csv)
+    finalists = read_csv(run.finalists_csv, FINALIST_COLUMNS)
     constraints = config.search.constraints
     front = pareto_front(trials, OBJECTIVES_2D, constraints) if not trials.empty else pd.DataFrame()
     title = run_title(run, config, environment)
@@ -95,7 +97,7 @@ def write_report(run: RunDir) -> Path:
     for _, row in finalists.iterrows():
         stats_file = run.finalist_dir(row["arch"]) / "routing.json"
         if stats_file.is_file():
-            stats = json.loads(stats_file.read_text())
+            stats = read_json(stats_file, List[StageRouting])
             if stats:
                 routing[row["arch"]] = stats
     if routing:

@@ -2,28 +2,72 @@
 
 A short file is a valid space; everything left out takes the defaults below. Invalid files
 raise ``SpaceFileError`` whose lines each name the field by its YAML path and say what is
-expected, so the command line can print them without a traceback.
+expected, so the command line can print them without a traceback. A space that validates
+also runs: devices are resolved, sizes beyond the limits below are refused, the class count
+is checked against the dataset where that needs no images, and the supernet is built and
+fed one batch on the meta device (no memory), as ``run`` would.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+import re
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from timm.optim import list_optimizers
 
+from ..core.device import resolve_device
 from ..core.errors import UserError
+from ..core.fileio import first_line
 from ..layer.experts import Expert
 from ..layer.routing import ROUTING_MODES
 from ..models.registry import ModelFamily, get_family, list_families
 
 EMBEDDED_MIN_IMAGE_SIZE = 24  # the embedded dataset's class is a 16 px displacement: it needs room for it
+EMBEDDED_NUM_CLASSES = 10  # its displacement directions (training.embedded; the layers below may not import it)
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "params": "min", "flops": "min"}
 ALGORITHMS = {"ray": ("random", "tpe", "nsga2"), "nni": ("random", "evolution", "tpe", "grid")}
 DATASET_FORMS = ("embedded", "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH",
                  "a timm dataset name such as torch/cifar10:ROOT")
 TIMM_DATASET_PREFIXES = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
+
+# What a space file may be: the shipped ones are 2-3 KB, 4 levels deep, a few hundred values.
+MAX_SPACE_FILE_BYTES = 1024 ** 2
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when installed: parsing 1 MB stays fast
+
+# Limits on sizes, each several times what the largest published networks use, so that no sane space
+# reaches them, while a slip (an extra zero or three) is refused before run tries to allocate it.
+MAX_KERNEL_SPAN = 101  # window side of an expert (dilation included); SLaK's 51x51 are the largest ConvNet kernels
+MAX_IMAGE_SIZE = 4096  # px; ImageNet classifiers train at 224-800 px (EfficientNet-L2: 800)
+MAX_WIDTH = 16384  # channels per stage; timm's widest ConvNeXt stage (XXLarge) has 3072
+MAX_BLOCKS = 128  # blocks per stage; ResNet-152's deepest stage has 36
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_PARAMS = 2_000_000_000  # of the supernet; ConvNeXt-XXLarge has 846 M
+MAX_EMBEDDED_BYTES = 4 * 1024 ** 3  # the embedded dataset is generated in memory: images x size^2 x 3 bytes
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _at_most(limit: int, what: str, why: str):
+    """A pydantic check that refuses values above ``limit``, saying why the limit is where it is."""
+    def check(value):
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v is not None and v > limit for v in values):
+            raise ValueError(f"{max(v for v in values if v is not None):,} is above the limit of {limit:,} {what} "
+                             f"({why})")
+        return value
+    return AfterValidator(check)
+
+
+def _device(value: str) -> str:
+    resolve_device(value)  # its DeviceError is a ValueError: pydantic reports it on the field
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
 
 
 class SpaceFileError(UserError):
@@ -39,9 +83,12 @@ class ModelConfig(_Section):
 
     family: str = Field("convnext", description="a registered model family: " + ", ".join(list_families()))
     size: str = "cifar"
-    depths: Optional[Tuple[int, ...]] = Field(None, description="blocks per stage")
-    dims: Optional[Tuple[int, ...]] = Field(None, description="widths per stage (ResNet: channels)")
-    num_classes: Optional[int] = Field(None, gt=0, description="default: the dataset's class count")
+    depths: Annotated[Optional[Tuple[int, ...]], _at_most(MAX_BLOCKS, "blocks per stage", "ResNet-152 has 36")] = \
+        Field(None, description="blocks per stage")
+    dims: Annotated[Optional[Tuple[int, ...]], _at_most(MAX_WIDTH, "channels", "timm's widest ConvNeXt has 3072")] = \
+        Field(None, description="widths per stage (ResNet: channels)")
+    num_classes: Annotated[Optional[int], _at_most(MAX_CLASSES, "classes", "ImageNet-21k has 21,841")] = Field(
+        None, gt=0, description="default: the dataset's class count; must match it where the dataset lists classes")
     args: Dict[str, Any] = Field(default_factory=dict, description="extra timm model arguments, e.g. patch_size")
 
     @field_validator("family")
@@ -102,7 +149,8 @@ class EmbeddedConfig(_Section):
 
 class DataConfig(_Section):
     dataset: str = Field("embedded", description=" | ".join(DATASET_FORMS))
-    image_size: int = Field(32, gt=0)
+    image_size: Annotated[int, _at_most(MAX_IMAGE_SIZE, "px", "ImageNet classifiers train at 224-800 px")] = \
+        Field(32, gt=0)
     batch_size: int = Field(128, gt=0)
     workers: int = Field(0, ge=0, description="data-loading processes; 0 loads in the training process")
     augmentation: AugmentConfig = AugmentConfig()
@@ -120,8 +168,12 @@ class DataConfig(_Section):
         if kind in ("cifar10", "cifar100", "imagefolder"):
             if not path:
                 raise ValueError(f"{kind} needs a path: {kind}:PATH")
-            if not Path(path).expanduser().exists():
+            root = Path(path).expanduser()
+            if not root.exists():
                 raise ValueError(f"path {path!r} does not exist")
+            if kind == "imagefolder" and not ((root / "train").is_dir() and any(
+                    (root / split).is_dir() for split in ("val", "validation"))):
+                raise ValueError(f"{path!r} needs train/ and val/ subfolders with one folder per class")
             return value
         if value.startswith(TIMM_DATASET_PREFIXES):
             return value
@@ -129,10 +181,28 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _embedded_size(self):
-        if self.dataset == "embedded" and self.image_size < EMBEDDED_MIN_IMAGE_SIZE:
+        if self.dataset != "embedded":
+            return self
+        if self.image_size < EMBEDDED_MIN_IMAGE_SIZE:
             raise _field_error("image_size", f"the embedded dataset needs at least {EMBEDDED_MIN_IMAGE_SIZE} px, "
                                              f"got {self.image_size}")
+        images = self.embedded.num_train + self.embedded.num_val
+        if images * self.image_size ** 2 * 3 > MAX_EMBEDDED_BYTES:
+            raise _field_error("embedded", f"{images:,} images of {self.image_size} px need "
+                                           f"{images * self.image_size ** 2 * 3 / 1024 ** 3:.1f} GiB in memory, above "
+                                           f"the limit of {MAX_EMBEDDED_BYTES // 1024 ** 3} GiB")
         return self
+
+    def known_classes(self) -> Optional[int]:
+        """The dataset's class count where it is known without reading images; None where only loading tells."""
+        kind, _, path = self.dataset.partition(":")
+        if kind == "embedded":
+            return EMBEDDED_NUM_CLASSES
+        if kind in CIFAR_CLASSES:
+            return CIFAR_CLASSES[kind]
+        if kind == "imagefolder":
+            return sum(1 for folder in (Path(path).expanduser() / "train").iterdir() if folder.is_dir())
+        return None
 
 
 class StageSpace(_Section):
@@ -162,6 +232,9 @@ class StageSpace(_Section):
                 experts.append(Expert.parse(value))
             except ValueError as err:
                 raise ValueError(str(err)) from None
+            if experts[-1].span > MAX_KERNEL_SPAN:
+                raise ValueError(f"expert {experts[-1]} spans {experts[-1].span:,} px, above the limit of "
+                                 f"{MAX_KERNEL_SPAN} (the largest published ConvNet kernels are 51x51)")
         if len(set(experts)) != len(experts):
             raise ValueError("kernel sizes repeat")
         return [str(e) for e in experts]
@@ -283,7 +356,7 @@ class LatencyConfig(_Section):
         "torch", description="what runs the deploy network while it is timed: eager PyTorch or ONNX Runtime")
     mode: Literal["measure", "predict"] = Field(
         "predict", description="measure every candidate, or predict from a per-layer lookup table")
-    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto")
     batch_size: int = Field(1, gt=0)
     threads: Optional[int] = Field(None, gt=0, description="CPU threads while timing; default: all")
     channels_last: bool = False
@@ -320,7 +393,7 @@ class SpaceFile(_Section):
 
     name: Optional[str] = Field(None, description="default run name")
     seed: int = 0
-    device: str = Field("auto", description="training device: auto, cpu, cuda or cuda:N")
+    device: Device = Field("auto", description="training device: auto, cpu, cuda or cuda:N")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     space: SpaceConfig = SpaceConfig()
@@ -338,10 +411,80 @@ class SpaceFile(_Section):
                                                f"has {wanted} stages), got {len(self.space.stages)}")
         return self
 
+    @model_validator(mode="after")
+    def _runs(self):
+        from .search_space import SearchSpace  # it builds on this module
+
+        try:
+            space = SearchSpace(self)
+        except ValueError as err:
+            raise _field_error("space", str(err)) from None
+        known = self.data.known_classes()
+        conflict = _class_conflict(self, known)
+        if conflict:
+            raise _field_error("model.num_classes", conflict)
+        _check_supernet(space, self.model.num_classes or known or 10)  # any head shows what the body takes
+        return self
+
     @property
     def stage_spaces(self) -> Tuple[StageSpace, ...]:
         stages = self.space.stages
         return tuple(stages) * self.model.registered.num_stages if len(stages) == 1 else tuple(stages)
+
+
+def check_dataset_classes(space: SpaceFile, found: int, source: str) -> None:
+    """For datasets that tell their classes only once opened (timm's): run calls this before the run exists."""
+    conflict = _class_conflict(space, found)
+    if conflict:
+        raise SpaceFileError(f"{source}: model.num_classes: {conflict}")
+
+
+def _class_conflict(space: SpaceFile, found: Optional[int]) -> Optional[str]:
+    wanted = space.model.num_classes
+    if found and wanted and found != wanted:
+        return f"{wanted} contradicts the {found} classes of {space.data.dataset}; leave it out to use the dataset's"
+    return None
+
+
+def _check_supernet(space, num_classes: int) -> None:
+    """Build the supernet on the meta device and pass a batch through it in training mode, as run will."""
+    model_config, image_size = space.config.model, space.config.data.image_size
+    try:
+        with torch.device("meta"):
+            model = space.build_supernet(num_classes)
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:
+        raise _field_error(_blame(space, num_classes, err),
+                           f"timm cannot build {model_config.timm_name} with these arguments: {first_line(err)}")
+    params = sum(p.numel() for p in model.parameters())
+    if params > MAX_PARAMS:
+        raise _field_error("model", f"the supernet would have {params:,} parameters, above the limit of "
+                                    f"{MAX_PARAMS:,} (ConvNeXt-XXLarge has 846 M); lower dims, depths or kernels")
+    try:
+        with torch.no_grad():
+            model.train()(torch.zeros(2, 3, image_size, image_size, device="meta"))
+    except (RuntimeError, ValueError) as err:
+        if "size" in str(err):  # downsampled below the kernel or to nothing
+            raise _field_error("data.image_size", f"{image_size} px images are too small for {model_config.timm_name} "
+                                                  f"with these depths and model args: {first_line(err)}")
+        raise _field_error("model.args" if model_config.args else "model",
+                           f"a batch of 3-channel {image_size} px images does not pass through "
+                           f"{model_config.timm_name} with these arguments: {first_line(err)}")
+
+
+def _blame(space, num_classes: int, err: Exception) -> str:
+    """The field a failed build is due to: the unknown model.args key, model.args, or else model."""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    if unknown and unknown.group(1) in space.config.model.args:
+        return f"model.args.{unknown.group(1)}"
+    if not space.config.model.args:
+        return "model"
+    plain = space.config.model.model_copy(update={"args": {}})
+    try:
+        with torch.device("meta"):
+            type(space)(space.config.model_copy(update={"model": plain})).build_supernet(num_classes)
+    except Exception:  # noqa: BLE001 - without the args it fails too: the args are not the (only) cause
+        return "model"
+    return "model.args"
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -409,22 +552,92 @@ def parse_space(data: Any, source: str = "space file") -> SpaceFile:
 
 
 def load_space(path: Union[str, Path]) -> SpaceFile:
-    """Read and validate a space file; every failure is a SpaceFileError naming the file."""
+    """Read and validate a space file; every failure is a SpaceFileError naming the file.
+
+    A space file is a few kilobytes of hand-written YAML, so anything else (binary, another
+    encoding, megabytes, deep nesting, aliases that expand exponentially) is refused before
+    it is parsed or built, in bounded time and memory.
+    """
     path = Path(path)
+    return parse_space(_read_yaml(path, _read_text(path)), str(path))
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SPACE_FILE_BYTES + 1)  # never more than the limit, whatever the file's size
     except FileNotFoundError:
         raise SpaceFileError(f"{path}: no such file") from None
     except OSError as err:
         raise SpaceFileError(f"{path}: cannot read ({err.strerror})") from None
+    if len(data) > MAX_SPACE_FILE_BYTES:
+        raise SpaceFileError(f"{path}: larger than the {MAX_SPACE_FILE_BYTES // 1024 ** 2} MB limit for a space file "
+                             "(a space file is a few KB of YAML)")
+    if b"\0" in data:
+        raise SpaceFileError(f"{path}: a binary file, not YAML text")
     try:
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SpaceFileError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                             "save it as UTF-8") from None
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    try:
+        _check_shape(text)
+        return yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpaceFileError(f"{path}:{where}: not valid YAML: {problem}") from None
-    return parse_space(data, str(path))
+    except ValueError as err:  # a scalar YAML accepts but Python refuses, e.g. an integer of 5,000 digits
+        raise SpaceFileError(f"{path}: a value Python cannot hold: {str(err).split(';')[0]}") from None
+
+
+class _ShapeError(yaml.MarkedYAMLError):
+    pass
+
+
+def _check_shape(text: str) -> None:
+    """Walk the YAML event stream (libyaml, no objects built) and refuse deep nesting and alias bombs.
+
+    An alias counts as a copy of what its anchor names, so the limits hold for the data as
+    Python code will walk it; aliases that share a stage definition stay allowed.
+    """
+    anchored = {}  # anchor -> (values, depth) of the node it names
+    open_nodes = []  # per open collection: [anchor, values in it, depth below it]
+    total = 0  # values so far, aliases expanded
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1, 0])
+            anchor, nodes, depth, added = None, 0, 0, 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, nodes, depth = open_nodes.pop()
+            added = 0  # its values were counted as they came
+        elif isinstance(event, yaml.AliasEvent):
+            if any(frame[0] == event.anchor for frame in open_nodes):
+                raise _ShapeError(problem=f"alias *{event.anchor} is inside the node it names (a cycle)",
+                                  problem_mark=event.start_mark)
+            anchor, (nodes, depth) = None, anchored.get(event.anchor, (1, 0))
+            added = nodes
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, nodes, depth, added = event.anchor, 1, 0, 1
+        else:
+            continue
+        total += added
+        if total > MAX_YAML_NODES or len(open_nodes) + depth > MAX_YAML_DEPTH:
+            problem = (f"more than {MAX_YAML_NODES:,} values" if total > MAX_YAML_NODES
+                       else f"nested deeper than {MAX_YAML_DEPTH} levels")
+            if isinstance(event, yaml.AliasEvent):
+                problem += f" once alias *{event.anchor} is expanded"
+            raise _ShapeError(problem=problem + " (the limit for a space file)", problem_mark=event.start_mark)
+        if anchor:
+            anchored[anchor] = (nodes, depth)
+        if nodes and open_nodes:
+            open_nodes[-1][1] += nodes
+            open_nodes[-1][2] = max(open_nodes[-1][2], depth + 1)
 
 
 def dump_space(space: SpaceFile) -> str:

@@ -34,7 +34,7 @@ def stage_choices(stage: StageSpace) -> Tuple[StageSpec, ...]:
                 else:
                     choices.append(StageSpec(subset, routing))
     if not choices:
-        raise ValueError("space: a stage has no valid choice (check top_k against max_experts)")
+        raise ValueError("a stage has no valid choice (check top_k against max_experts)")
     return tuple(choices)
 
 
@@ -54,6 +54,11 @@ class SearchSpace:
         model.registered.implementation()  # registers the family's entrypoints with timm
         return timm.create_model(model.timm_name, arch=arch, num_classes=num_classes, tau=self.config.supernet.tau,
                                  **model.timm_kwargs(), **kwargs)
+
+    def build_supernet(self, num_classes: int) -> nn.Module:
+        """The weight-sharing network: every candidate expert, switchable to every routing mode of the space."""
+        return self.build_model(self.supernet_arch, num_classes, routings=self.routings,
+                                gumbel=self.config.supernet.gumbel)
 
     @property
     def family(self):

@@ -113,10 +113,8 @@ def _cifar_arrays(root: Path, kind: str):
 
 
 def _image_folder(root: Path):
-    train_root = root / "train"
-    val_root = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
-    if not train_root.is_dir() or val_root is None:
-        raise DataError(f"{root}: an ImageFolder dataset needs train/ and val/ subfolders with one folder per class")
+    train_root = root / "train"  # the space file's schema checked that train/ and val/ (or validation/) exist
+    val_root = next(root / n for n in ("val", "validation") if (root / n).is_dir())
     try:
         train = ImageDataset(str(train_root))
         val = ImageDataset(str(val_root), class_map=train.reader.class_to_idx)

@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
+from typing_extensions import NotRequired, TypedDict
 
 from ..layer.routing import DYNAMIC_MODES
 
@@ -83,7 +84,7 @@ class RoutingRecorder:
             self.squares[stage] += (weights ** 2).sum(0) / layers
         return hook
 
-    def summary(self) -> List[Dict[str, object]]:
+    def summary(self) -> List["StageRouting"]:
         """One entry per routed stage: experts, mode, share (overall and per class), entropy, flag."""
         result = []
         seen = self.counts.sum().clamp(min=1)
@@ -109,6 +110,20 @@ class RoutingRecorder:
                 entry["images_per_class"] = self.counts.tolist()
             result.append(entry)
         return result
+
+
+class StageRouting(TypedDict):
+    """One routed stage's entry of a summary (a finalist's routing.json), as the report reads it."""
+
+    stage: int
+    routing: str
+    top_k: int
+    experts: List[str]
+    overall: List[float]
+    entropy: float
+    flag: str
+    per_class: NotRequired[List[List[float]]]
+    images_per_class: NotRequired[List[int]]
 
 
 def normalized_entropy(shares: List[float]) -> float:

@@ -14,7 +14,6 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from ..core.errors import UserError
 from ..layer.morf_conv import MoRFConv2d
 from ..models.arch import Arch
 from ..space.search_space import SearchSpace
@@ -25,18 +24,7 @@ class SuperNet:
 
     def __init__(self, space: SearchSpace, num_classes: int, device: torch.device = torch.device("cpu")):
         self.space = space
-        self.model: nn.Module = space.build_model(space.supernet_arch, num_classes, routings=space.routings,
-                                                  gumbel=space.config.supernet.gumbel).to(device)
-        self._check_input_size(space.config.data.image_size, device)
-
-    def _check_input_size(self, image_size: int, device: torch.device) -> None:
-        """Fail early, and clearly, when the images are too small for the network's downsampling."""
-        try:
-            with torch.no_grad():
-                self.model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
-        except RuntimeError as err:
-            raise UserError(f"data.image_size: {image_size} px images are too small for "
-                            f"{self.space.config.model.timm_name} with these model args ({err})") from None
+        self.model: nn.Module = space.build_supernet(num_classes).to(device)  # the space file checked it builds
 
     def activate(self, arch: Arch) -> nn.Module:
         """Switch the shared model to ``arch`` (which must belong to the space) and return it."""
