@@ -1,9 +1,11 @@
 """Training loop shared by the supernet, standalone trials and finalist fine-tuning.
 
 timm's factories provide the optimizer, the warm-up + cosine schedule and label smoothing;
-hard-routed MoRF layers add their load-balancing loss. After every epoch the weights
-(safetensors) and the rest of the state (optimizer, scheduler position, RNG, history) are
-written atomically, so a killed run resumes from its last finished epoch.
+hard-routed MoRF layers add their load-balancing loss. After every epoch one state file
+(weights, optimizer, RNG, history) is written atomically: it is the epoch's commit, so a run
+killed at any point resumes from its last finished epoch. The safetensors weights that the
+rest of a run reads are written from it afterwards, stamped with their epoch, and rewritten
+on resume when a kill left them behind (or ahead of) the state.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
-from ..core.fileio import load_state, load_weights, save_state, save_weights
+from ..core.fileio import load_state, save_state, save_weights
 from ..core.progress import bar, say
 from ..layer.morf_conv import total_balance_loss
 from ..models.arch import Arch
@@ -31,7 +34,7 @@ ArchSampler = Callable[[random.Random, int], Sequence[Arch]]  # (rng, epoch) -> 
 
 @dataclass
 class Checkpoint:
-    """Where a training run keeps its weights and its resumable state."""
+    """Where a training run keeps its resumable state (the commit) and the weights exported from it."""
 
     weights: Path
     state: Path
@@ -41,7 +44,32 @@ class Checkpoint:
         return cls(Path(directory) / f"{name}.safetensors", Path(directory) / f"{name}.state.pt")
 
     def exists(self) -> bool:
-        return self.weights.is_file() and self.state.is_file()
+        return self.state.is_file()
+
+    def commit(self, model: nn.Module, state: dict) -> None:
+        """The state (with the weights) first, then the weights file: a kill between leaves a state to resume."""
+        weights = model.state_dict()
+        save_state(self.state, {**state, "model": weights})
+        self.export(weights, state["epoch"])
+
+    def export(self, weights: Dict[str, torch.Tensor], epoch: int) -> None:
+        save_weights(self.weights, weights, metadata={"epoch": str(epoch)})
+
+    def restore(self, model: nn.Module, device: torch.device) -> dict:
+        """Load the committed weights into ``model``, bring the weights file up to that epoch; the state."""
+        state = load_state(self.state)
+        model.load_state_dict({k: v.to(device) for k, v in state.pop("model").items()}, strict=True)
+        if self.weights_epoch() != state["epoch"]:
+            self.export(model.state_dict(), state["epoch"])
+        return state
+
+    def weights_epoch(self) -> Optional[int]:
+        """The epoch the weights file was written for; None when it is missing or unreadable."""
+        try:
+            with safe_open(str(self.weights), "pt") as handle:
+                return int((handle.metadata() or {}).get("epoch", -1))
+        except (SafetensorError, OSError, ValueError):
+            return None
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch: int, epochs: int):
@@ -75,8 +103,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     history: List[dict] = []
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        state = load_state(checkpoint.state)
-        model.load_state_dict(load_weights(checkpoint.weights, device), strict=True)
+        state = checkpoint.restore(model, device)
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(_as_random_state(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
@@ -130,10 +157,8 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
             if k not in ("epoch", "routing_warning") and v != ""))
         if checkpoint is not None:
-            save_weights(checkpoint.weights, model.state_dict())
-            save_state(checkpoint.state, {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                                          "torch_rng": torch.get_rng_state(), "history": history,
-                                          "epoch": epoch + 1})
+            checkpoint.commit(model, {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                                      "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1})
     return history
 
 
