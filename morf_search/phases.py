@@ -34,7 +34,7 @@ from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
 from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
 from .training.evaluate import top1_accuracy
-from .training.loop import Checkpoint, fit
+from .training.loop import Checkpoint, fit, training_record
 from .training.routing_stats import RoutingRecorder
 
 DONE, STOPPED = "done", "stopped"
@@ -83,7 +83,7 @@ def train_supernet_phase(context: RunContext) -> str:
                   sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
                   checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
                   label="supernet")
-    run.set_phase("supernet", "running", history=history)
+    run.set_phase("supernet", "running", history=history, **training_record(config.supernet, context.device))
     run.record_files(run.supernet_weights)
     return DONE
 
@@ -153,6 +153,8 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
 def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> str:
     config, run = context.config, context.run
     run.update_manifest(classes=context.classes)
+    if config.search.evaluation == "standalone":  # trials train with the supernet's recipe
+        run.set_phase("search", "running", **training_record(config.supernet, context.device))
     measured = warm_latency_table(context.space, context.num_classes)
     if measured:
         say(f"latency table: measured {measured} new unit configurations")
@@ -236,6 +238,7 @@ def _rank_check_phase(context: RunContext) -> str:
 def _finalists_phase(context: RunContext) -> str:
     finalists = context.config.finalists
     if finalists.top_k or finalists.latency_budgets:
+        context.run.set_phase("finalists", "running", **training_record(finalists, context.device))
         run_finalists(context)
     return DONE
 

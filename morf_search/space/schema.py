@@ -18,6 +18,7 @@ from ..layer.experts import Expert
 from ..layer.routing import ROUTING_MODES
 from ..models.registry import ModelFamily, get_family, list_families
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training/precision.py resolves them per device
 EMBEDDED_MIN_IMAGE_SIZE = 24  # the embedded dataset's class is a 16 px displacement: it needs room for it
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "params": "min", "flops": "min"}
 ALGORITHMS = {"ray": ("random", "tpe", "nsga2"), "nni": ("random", "evolution", "tpe", "grid")}
@@ -217,6 +218,9 @@ class TrainingConfig(_Section):
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     balance_loss_weight: float = Field(0.01, ge=0, description="weight of the hard-routing load-balance loss")
+    precision: Literal[PRECISIONS] = Field(
+        "auto", description="autocast dtype; auto: bf16 on a CUDA device that supports it, else fp32")
+    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @field_validator("optimizer")
     @classmethod

@@ -23,11 +23,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
-from ..core.fileio import load_state, save_state, save_weights
+from ..core.fileio import load_state, load_weights, save_state, save_weights
 from ..core.progress import bar, say
 from ..layer.morf_conv import total_balance_loss
 from ..models.arch import Arch
-from ..space.schema import TrainingConfig
+from ..space.schema import FinalistsConfig, TrainingConfig
+from .precision import Precision, resolve_precision
 
 ArchSampler = Callable[[random.Random, int], Sequence[Arch]]  # (rng, epoch) -> the step's archs
 
@@ -58,7 +59,8 @@ class Checkpoint:
     def restore(self, model: nn.Module, device: torch.device) -> dict:
         """Load the committed weights into ``model``, bring the weights file up to that epoch; the state."""
         state = load_state(self.state)
-        model.load_state_dict({k: v.to(device) for k, v in state.pop("model").items()}, strict=True)
+        weights = state.pop("model", None) or load_weights(self.weights, device)  # an older state has no weights
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
         if self.weights_epoch() != state["epoch"]:
             self.export(model.state_dict(), state["epoch"])
         return state
@@ -82,6 +84,17 @@ def build_optimizer(model: nn.Module, config: TrainingConfig, updates_per_epoch:
     return optimizer, scheduler
 
 
+def training_precision(config: TrainingConfig, device: torch.device) -> Precision:
+    """The precision a ``supernet`` (also standalone trials and from-scratch baselines) or ``finalists`` trains in."""
+    section = "finalists" if isinstance(config, FinalistsConfig) else "supernet"
+    return resolve_precision(config.precision, device, f"{section}.precision")
+
+
+def training_record(config: TrainingConfig, device: torch.device) -> dict:
+    """What the manifest says of a phase's training: its device and precision."""
+    return {"device": str(device), "precision": training_precision(config, device).name}
+
+
 def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: torch.device, *,
         sampler: Optional[ArchSampler] = None, checkpoint: Optional[Checkpoint] = None, seed: int = 0,
         evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None, label: str = "train",
@@ -95,8 +108,11 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     learns from the labels, the others from its soft predictions, which are detached, so no
     gradient reaches the teacher through them. ``evaluate`` adds metrics per epoch. An
     existing ``checkpoint`` is resumed; one for a finished run returns its history.
+    Forward passes run under ``config.precision``'s autocast, fp16 with a grad scaler.
     """
     epochs = config.epochs if epochs is None else epochs
+    precision = training_precision(config, device)
+    scaler = precision.scaler()
     optimizer, scheduler = build_optimizer(model, config, len(loader), epochs)
     criterion = LabelSmoothingCrossEntropy(config.label_smoothing) if config.label_smoothing else nn.CrossEntropyLoss()
     rng = random.Random(seed)
@@ -105,12 +121,13 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     if checkpoint is not None and checkpoint.exists():
         state = checkpoint.restore(model, device)
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler", {}))
         rng.setstate(_as_random_state(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
         history, start = list(state["history"]), state["epoch"]
         if start < epochs:
             say(f"{label}: resuming after epoch {start}/{epochs}")
-    model.to(device)
+    model.to(device, memory_format=precision.memory_format)
     for epoch in range(start, epochs):
         model.train()
         # Same data order and augmentation on resume: timm's transforms draw from Python's global
@@ -121,26 +138,29 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
         began, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         batches = bar(loader, len(loader), f"{label} epoch {epoch + 1}/{epochs}")
         for step, (images, targets) in enumerate(batches):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=precision.memory_format)
+            targets = targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             archs = sampler(rng, epoch) if sampler else [None]
             teacher: Optional[torch.Tensor] = None
             for arch in archs:
                 if arch is not None:
                     model.set_arch(arch)
-                logits = model(images)
-                if teacher is None:
-                    loss = criterion(logits, targets)
-                    if distill:
-                        teacher = logits.detach().softmax(-1)
-                else:
-                    loss = soft_target_loss(logits, teacher)
-                balance = total_balance_loss(model)
-                if balance is not None and config.balance_loss_weight:
-                    loss = loss + config.balance_loss_weight * balance
-                loss.backward()
+                with precision.autocast():
+                    logits = model(images)
+                    if teacher is None:
+                        loss = criterion(logits, targets)
+                        if distill:
+                            teacher = logits.detach().float().softmax(-1)
+                    else:
+                        loss = soft_target_loss(logits, teacher)
+                    balance = total_balance_loss(model)
+                    if balance is not None and config.balance_loss_weight:
+                        loss = loss + config.balance_loss_weight * balance
+                scaler.scale(loss).backward()
                 loss_sum += loss.item() / len(archs)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step_update(epoch * len(loader) + step + 1)
             seen += len(targets)
             steps += 1
@@ -157,7 +177,8 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
             if k not in ("epoch", "routing_warning") and v != ""))
         if checkpoint is not None:
-            checkpoint.commit(model, {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+            checkpoint.commit(model, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                      "rng": rng.getstate(),
                                       "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1})
     return history
 
