@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,6 +34,7 @@ from .search.pareto import pareto_front
 from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
 from .space.schema import ALGORITHMS, SpaceFile, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
+from .training.distributed import Replica, train
 from .training.evaluate import top1_accuracy
 from .training.loop import Checkpoint, fit, training_record
 from .training.routing_stats import RoutingRecorder
@@ -62,7 +64,19 @@ def _with_overrides(space: SpaceFile, engine: Optional[str], trials: Optional[in
     return parse_space(data, "command line")
 
 
-def train_supernet_phase(context: RunContext) -> str:
+def train_supernet_phase(context: RunContext, workers: Optional[int] = None, address: Optional[str] = None) -> str:
+    """Train the supernet on ``workers`` processes (default ``supernet.workers``; Ray Train when more than 1)."""
+    config, run = context.config, context.run
+    workers = workers or config.supernet.workers
+    history = train(partial(_train_supernet, context), workers, context.device,
+                    Checkpoint.in_dir(run.path, "supernet").state, run.engine_dir, "supernet", address)
+    run.set_phase("supernet", "running", history=history, **training_record(config.supernet, context.device, workers))
+    run.record_files(run.supernet_weights)
+    return DONE
+
+
+def _train_supernet(context: RunContext, replica: Replica) -> list:
+    """One replica's supernet training (the whole of it in one process)."""
     config, run = context.config, context.run
     supernet = context.new_supernet()
     probe = context.space.largest()
@@ -79,13 +93,10 @@ def train_supernet_phase(context: RunContext) -> str:
             flagged.add(flag)
         return {"val_accuracy_largest": accuracy, **routing_fields(routing)}
 
-    history = fit(supernet.model, context.train_loader(), config.supernet, context.device,
-                  sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
-                  checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
-                  label="supernet")
-    run.set_phase("supernet", "running", history=history, **training_record(config.supernet, context.device))
-    run.record_files(run.supernet_weights)
-    return DONE
+    return fit(supernet.model, context.train_loader(), config.supernet, context.device,
+               sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
+               checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
+               label="supernet", replica=replica)
 
 
 def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
@@ -109,7 +120,10 @@ def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
 
 def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[str] = None,
                 address: Optional[str] = None, resume: bool = False, trials: Optional[int] = None,
-                seed: Optional[int] = None, runs_root: Path = Path("runs")) -> RunOutcome:
+                seed: Optional[int] = None, runs_root: Path = Path("runs"),
+                workers: Optional[int] = None) -> RunOutcome:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: {workers}; expected a positive number of training processes")
     if resume:
         if engine or trials or seed is not None:
             raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
@@ -138,7 +152,7 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
               ("finalists", lambda: _finalists_phase(context)),
               ("report", lambda: _report_phase(context))]
     if config.search.evaluation == "oneshot":
-        phases.insert(0, ("supernet", lambda: train_supernet_phase(context)))
+        phases.insert(0, ("supernet", lambda: train_supernet_phase(context, workers, address)))
     try:
         for phase, action in phases:
             if _phase(run, phase, action) == STOPPED:

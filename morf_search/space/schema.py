@@ -220,7 +220,6 @@ class TrainingConfig(_Section):
     balance_loss_weight: float = Field(0.01, ge=0, description="weight of the hard-routing load-balance loss")
     precision: Literal[PRECISIONS] = Field(
         "auto", description="autocast dtype; auto: bf16 on a CUDA device that supports it, else fp32")
-    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @field_validator("optimizer")
     @classmethod
@@ -244,6 +243,7 @@ class SupernetConfig(TrainingConfig):
     tau: float = Field(1.0, gt=0, description="router softmax temperature")
     gumbel: bool = Field(False, description="Gumbel noise for hard routing during training")
     bn_calibration_batches: int = Field(20, gt=0, description="ResNet: batches to re-estimate BN statistics per arch")
+    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @model_validator(mode="after")
     def _shrink_within_epochs(self):

@@ -28,6 +28,7 @@ from ..core.progress import bar, say
 from ..layer.morf_conv import total_balance_loss
 from ..models.arch import Arch
 from ..space.schema import FinalistsConfig, TrainingConfig
+from .distributed import Replica, arch_digest
 from .precision import Precision, resolve_precision
 
 ArchSampler = Callable[[random.Random, int], Sequence[Arch]]  # (rng, epoch) -> the step's archs
@@ -90,15 +91,15 @@ def training_precision(config: TrainingConfig, device: torch.device) -> Precisio
     return resolve_precision(config.precision, device, f"{section}.precision")
 
 
-def training_record(config: TrainingConfig, device: torch.device) -> dict:
-    """What the manifest says of a phase's training: its device and precision."""
-    return {"device": str(device), "precision": training_precision(config, device).name}
+def training_record(config: TrainingConfig, device: torch.device, workers: int = 1) -> dict:
+    """What the manifest says of a phase's training: its processes, device and precision."""
+    return {"workers": workers, "device": str(device), "precision": training_precision(config, device).name}
 
 
 def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: torch.device, *,
         sampler: Optional[ArchSampler] = None, checkpoint: Optional[Checkpoint] = None, seed: int = 0,
         evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None, label: str = "train",
-        epochs: Optional[int] = None, distill: bool = False) -> List[dict]:
+        epochs: Optional[int] = None, distill: bool = False, replica: Replica = Replica()) -> List[dict]:
     """Train ``model`` for ``config.epochs`` (or ``epochs``) and return the per-epoch history.
 
     With a ``sampler`` (``sampler(rng, epoch)``), each step activates the archs it returns
@@ -109,6 +110,8 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     gradient reaches the teacher through them. ``evaluate`` adds metrics per epoch. An
     existing ``checkpoint`` is resumed; one for a finished run returns its history.
     Forward passes run under ``config.precision``'s autocast, fp16 with a grad scaler.
+    A Ray Train ``replica`` trains its slice of each batch under DDP; rank 0 alone evaluates
+    and commits the checkpoint, and every epoch checks that all ranks trained the same archs.
     """
     epochs = config.epochs if epochs is None else epochs
     precision = training_precision(config, device)
@@ -128,6 +131,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
         if start < epochs:
             say(f"{label}: resuming after epoch {start}/{epochs}")
     model.to(device, memory_format=precision.memory_format)
+    net, loader = replica.wrap(model), replica.shard(loader)
     for epoch in range(start, epochs):
         model.train()
         # Same data order and augmentation on resume: timm's transforms draw from Python's global
@@ -135,19 +139,20 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
         epoch_seed = seed * 1_000_003 + epoch
         loader.generator.manual_seed(epoch_seed)
         random.seed(epoch_seed)
-        began, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        began, seen, loss_sum, steps, sampled = time.perf_counter(), 0, 0.0, 0, []
         batches = bar(loader, len(loader), f"{label} epoch {epoch + 1}/{epochs}")
         for step, (images, targets) in enumerate(batches):
             images = images.to(device, non_blocking=True, memory_format=precision.memory_format)
             targets = targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             archs = sampler(rng, epoch) if sampler else [None]
+            sampled.append(archs)
             teacher: Optional[torch.Tensor] = None
             for arch in archs:
                 if arch is not None:
                     model.set_arch(arch)
                 with precision.autocast():
-                    logits = model(images)
+                    logits = net(images)
                     if teacher is None:
                         loss = criterion(logits, targets)
                         if distill:
@@ -162,20 +167,28 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             scaler.step(optimizer)
             scaler.update()
             scheduler.step_update(epoch * len(loader) + step + 1)
-            seen += len(targets)
+            seen += len(targets) * replica.world
             steps += 1
             if hasattr(batches, "set_postfix") and step % 10 == 0:  # a live bar on a terminal
                 batches.set_postfix(loss=f"{loss_sum / steps:.3f}",
                                     img_s=f"{seen / (time.perf_counter() - began):.0f}", refresh=False)
         seconds = time.perf_counter() - began
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": seconds, "images_per_s": seen / seconds}
+        record = {"epoch": epoch + 1, "loss": replica.mean(loss_sum / max(steps, 1)),
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds}
+        if sampler:
+            digests = replica.gather(arch_digest(sampled))
+            if len(set(digests)) > 1:  # their gradients would have been averaged across different subnets
+                raise RuntimeError(f"{label} epoch {epoch + 1}: ranks trained different archs ({digests})")
+            record["arch_digest"] = digests[0]
+        if replica.rank:
+            history.append(record)
+            continue
         if evaluate is not None:
             record.update(evaluate(model))
         history.append(record)
         say(f"{label} epoch {epoch + 1}/{epochs}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-            if k not in ("epoch", "routing_warning") and v != ""))
+            if k not in ("epoch", "routing_warning", "arch_digest") and v != ""))
         if checkpoint is not None:
             checkpoint.commit(model, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                       "rng": rng.getstate(),

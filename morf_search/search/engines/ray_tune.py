@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,13 +22,12 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from ...core.progress import say
+from ...core.ray_dirs import ray_temp_dir
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
 from ..progress import SearchProgress
 from ..trials import METRICS, TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
-
-SOCKET_PATH_BUDGET = 60  # Ray's socket paths grow ~45 characters past its temp dir; AF_UNIX allows 107
 
 
 def _stage_params(num_stages: int):
@@ -129,17 +127,6 @@ def _sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def _temp_dir(run) -> str:
-    """Ray's temp dir inside the run; a short directory linked from there when the run's path is long."""
-    wanted = run.engine_dir / "ray-tmp"
-    if not wanted.is_symlink() and len(str(wanted.resolve())) > SOCKET_PATH_BUDGET:
-        wanted.parent.mkdir(parents=True, exist_ok=True)
-        wanted.symlink_to(tempfile.mkdtemp(prefix="morf-ray-"), target_is_directory=True)
-    target = wanted.resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    return str(target)
-
-
 def search(context, num_trials: int, seed: int, resume: bool, address: Optional[str] = None) -> SearchOutcome:
     """Run, or continue, the search until the experiment holds ``num_trials`` trials."""
     run, space = context.run, context.space
@@ -153,7 +140,7 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(_temp_dir=_temp_dir(run), **common)
+            ray.init(_temp_dir=ray_temp_dir(run.engine_dir), **common)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         concurrency = search_cfg.concurrency or max(1, cpus // 4)
