@@ -1,4 +1,9 @@
 """Training precision: bf16 autocast trains on CPU, fp16 needs CUDA and its grad scaler, auto picks per device."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_data import write_cifar10
@@ -45,3 +50,15 @@ def test_bf16_autocast_trains_on_cpu_and_its_loss_decreases(tmp_path):
     losses = [h["loss"] for h in history]
     assert losses[-1] < losses[0], losses
     assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay fp32 under autocast"
+
+
+def test_the_gpu_check_script_runs_its_python_part_on_cpu():
+    """analysis/gpu_check.py is meant for a CUDA machine; --cpu-smoke exercises its code here at toy sizes."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "analysis" / "gpu_check.py"), "--cpu-smoke"], cwd=root,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert any(line.startswith("| bf16 | contiguous |") for line in rows), result.stdout
+    assert any(line.startswith("| 2 |") for line in rows), result.stdout
