@@ -1,12 +1,13 @@
 """What data-parallel supernet training costs on this machine: 1 process x T threads vs T workers x 1 thread.
 
 Trains one supernet epoch of a space (default: the quickstart on a slice of the embedded
-data) twice, through the same code as ``morf-search run``: in one process with all threads,
-then as a Ray Train ``TorchTrainer`` of one-thread gloo workers at the same global batch.
-Prints images/s of both, their ratio, and the time of one all-reduce of the supernet's
-gradients between the workers (the per-step price of DDP; DDP buckets it and overlaps it
-with the backward pass, a sandwich step pays it once per arch). On a 2-core machine no
-speed-up is possible: the figures show the overhead.
+data) through the same code as ``morf-search run``: in one process with one thread and
+with T threads, then as a Ray Train ``TorchTrainer`` of T one-thread gloo workers at the
+same global batch. Prints images/s of each, the workers' ratio to the T-thread process,
+and the time of one all-reduce of the supernet's gradients between the workers (the price
+DDP pays per backward; it buckets it and overlaps it with the backward pass, and a sandwich
+step runs three). On 2 cores a speed-up over 2 busy threads means the threads were the
+problem (a shared, loaded machine), not that data parallelism adds compute.
 
     python analysis/bench_distributed.py [--space search_spaces/quickstart.yaml] [--workers 2] [--images 2048]
 """
@@ -84,6 +85,8 @@ def main():
     archs_per_step = len(supernet.sample(random.Random(0), config.supernet.sampling, config.supernet.distillation))
     with tempfile.TemporaryDirectory(prefix="morf-bench-dist-") as tmp:
         root = Path(tmp)
+        torch.set_num_threads(1)
+        one_thread = one_epoch(config, root, "one-thread", 1)
         torch.set_num_threads(args.workers)
         single = one_epoch(config, root, "single", 1)
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
@@ -98,6 +101,8 @@ def main():
           f"sampling {config.supernet.sampling}, {numel / 1e6:.2f} M supernet parameters")
     one, many = ((f"1 process x {args.workers} threads", f"{args.workers} workers x 1 thread")
                  if args.device == "cpu" else ("1 GPU", f"{args.workers} GPUs"))
+    if args.device == "cpu":
+        print(f"1 process x 1 thread: {one_thread['images_per_s']:8.1f} images/s (what each worker has)")
     print(f"{one}: {single['images_per_s']:8.1f} images/s")
     print(f"{many}: {parallel['images_per_s']:8.1f} images/s")
     print(f"ratio (workers / process): {parallel['images_per_s'] / single['images_per_s']:.2f}")
