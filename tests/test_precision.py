@@ -62,3 +62,27 @@ def test_the_gpu_check_script_runs_its_python_part_on_cpu():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| bf16 | contiguous |") for line in rows), result.stdout
     assert any(line.startswith("| 2 |") for line in rows), result.stdout
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("supernet: {precision: fp8}\n", "supernet.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
+    ("finalists: {precision: half}\n", "finalists.precision: Input should be"),
+    ("supernet: {workers: 0}\n", "supernet.workers: Input should be greater than 0"),
+])
+def test_precision_and_workers_fields_are_checked_in_one_line(tmp_path, capsys, text, expected):
+    from morf_search.cli import main
+
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # not torch's
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_workers_on_the_command_line_must_be_positive(tmp_path, capsys):
+    from morf_search.cli import main
+
+    path = tmp_path / "space.yaml"
+    path.write_text("{}\n")
+    assert main(["run", str(path), "--workers", "0", "--runs", str(tmp_path / "runs")]) == 2
+    assert "--workers: 0; expected a positive number" in capsys.readouterr().err
