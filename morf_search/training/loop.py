@@ -57,12 +57,12 @@ class Checkpoint:
     def export(self, weights: Dict[str, torch.Tensor], epoch: int) -> None:
         save_weights(self.weights, weights, metadata={"epoch": str(epoch)})
 
-    def restore(self, model: nn.Module, device: torch.device) -> dict:
-        """Load the committed weights into ``model``, bring the weights file up to that epoch; the state."""
+    def restore(self, model: nn.Module, device: torch.device, writer: bool = True) -> dict:
+        """Load the committed weights into ``model``; the ``writer`` brings the weights file up to that epoch."""
         state = load_state(self.state)
         weights = state.pop("model", None) or load_weights(self.weights, device)  # an older state has no weights
         model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
-        if self.weights_epoch() != state["epoch"]:
+        if writer and self.weights_epoch() != state["epoch"]:
             self.export(model.state_dict(), state["epoch"])
         return state
 
@@ -122,7 +122,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     history: List[dict] = []
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        state = checkpoint.restore(model, device)
+        state = checkpoint.restore(model, device, writer=replica.rank == 0)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state.get("scaler", {}))
         rng.setstate(_as_random_state(state["rng"]))
