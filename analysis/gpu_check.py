@@ -86,16 +86,19 @@ def main():
     print(f"device: {gpu}, torch {torch.__version__}, timm {timm.__version__}")
     rates = step_rates(device, sizes)
     base = rates.get(("fp32", device.type == "cuda"))
-    print(f"\nsupernet training step, convnext_{sizes['model']} supernet, {sizes['image']} px, batch {sizes['batch']}")
+    print(f"\nsupernet training step, convnext_{sizes['model']} supernet, {sizes['image']} px, "
+          f"batch {sizes['batch']}")
     print("| precision | memory format | images/s | vs fp32 |\n|---|---|---|---|")
     for (precision, channels_last), rate in rates.items():
-        print(f"| {precision} | {'channels_last' if channels_last else 'contiguous'} | {rate:.1f} | {rate / base:.2f} |")
+        layout = "channels_last" if channels_last else "contiguous"
+        print(f"| {precision} | {layout} | {rate:.1f} | {rate / base:.2f} |")
     print(f"\ndeploy latency (p10 ms), convnext_{sizes['model']}, {sizes['image']} px, fp32")
     print("| batch | MoRF static 7x7 | timm convnext | static / timm | soft | soft / static | hard | hard / static |")
     print("|---|---|---|---|---|---|---|---|")
     for batch, ms in latencies(device, sizes).items():
         print(f"| {batch} | {ms['static']:.3f} | {ms['timm']:.3f} | {ms['static'] / ms['timm']:.2f} | "
-              f"{ms['soft']:.3f} | {ms['soft'] / ms['static']:.2f} | {ms['hard']:.3f} | {ms['hard'] / ms['static']:.2f} |")
+              f"{ms['soft']:.3f} | {ms['soft'] / ms['static']:.2f} | "
+              f"{ms['hard']:.3f} | {ms['hard'] / ms['static']:.2f} |")
 
 
 if __name__ == "__main__":

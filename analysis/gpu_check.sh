@@ -18,11 +18,12 @@ if [[ " $* " == *" --cpu-smoke "* ]] || ! "$PY" -c "import ray" 2>/dev/null; the
 fi
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if (( GPUS > 1 )); then
-  timeout 180 "$PY" analysis/bench_distributed.py --workers "$GPUS" --images 8192 --device cuda || echo "multi-GPU check failed"
+  timeout 180 "$PY" analysis/bench_distributed.py --workers "$GPUS" --images 8192 --device cuda \
+    || echo "multi-GPU check failed"
 fi
 started=$(date +%s)
-timeout 300 "$PY" -m morf_search.cli run search_spaces/quickstart.yaml --name gpu-check --runs "$OUT" >"$OUT/quickstart.log" 2>&1 \
-  || { tail -20 "$OUT/quickstart.log"; echo "quickstart did not finish in 300 s"; }
+timeout 300 "$PY" -m morf_search.cli run search_spaces/quickstart.yaml --name gpu-check --runs "$OUT" \
+  >"$OUT/quickstart.log" 2>&1 || { tail -20 "$OUT/quickstart.log"; echo "quickstart did not finish in 300 s"; }
 echo "quickstart on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): $(( $(date +%s) - started )) s"
 "$PY" - "$OUT/gpu-check/manifest.json" <<'PY'
 import json, sys
