@@ -34,7 +34,8 @@ def cmd_run(args) -> int:
     from .phases import DONE, run_command
 
     outcome = run_command(Path(args.space), name=args.name, engine=args.engine, address=args.address,
-                          resume=args.resume, trials=args.trials, seed=args.seed, runs_root=Path(args.runs))
+                          resume=args.resume, trials=args.trials, seed=args.seed, runs_root=Path(args.runs),
+                          workers=args.workers)
     print(outcome.run.path)
     if outcome.status != DONE:
         print(f"interrupted; continue with: {outcome.resume_hint}", file=sys.stderr)
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an existing run where it stopped")
     run.add_argument("--trials", type=int, help="override the number of trials")
     run.add_argument("--seed", type=int, help="override the seed")
+    run.add_argument("--workers", type=int, help="supernet training processes (Ray Train) for this start; "
+                     "also with --resume, which continues from the last epoch whatever the count was")
     run.add_argument("--runs", default="runs", help="directory holding runs (default: runs)")
     run.set_defaults(handler=cmd_run)
 

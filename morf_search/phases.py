@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -34,8 +35,9 @@ from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
 from .space.schema import ALGORITHMS, SpaceFile, check_dataset_classes, dump_space, load_space, parse_space
 from .space.search_space import SearchSpace
 from .training.data import load_splits
+from .training.distributed import Replica, train
 from .training.evaluate import top1_accuracy
-from .training.loop import Checkpoint, fit
+from .training.loop import Checkpoint, fit, training_record
 from .training.routing_stats import RoutingRecorder
 
 DONE, STOPPED = "done", "stopped"
@@ -63,7 +65,19 @@ def _with_overrides(space: SpaceFile, engine: Optional[str], trials: Optional[in
     return parse_space(data, "command line")
 
 
-def train_supernet_phase(context: RunContext) -> str:
+def train_supernet_phase(context: RunContext, workers: Optional[int] = None, address: Optional[str] = None) -> str:
+    """Train the supernet on ``workers`` processes (default ``supernet.workers``; Ray Train when more than 1)."""
+    config, run = context.config, context.run
+    workers = workers or config.supernet.workers
+    history = train(partial(_train_supernet, context), workers, context.device,
+                    Checkpoint.in_dir(run.path, "supernet").state, run.engine_dir, "supernet", address)
+    run.set_phase("supernet", "running", history=history, **training_record(config.supernet, context.device, workers))
+    run.record_files(run.supernet_weights)
+    return DONE
+
+
+def _train_supernet(context: RunContext, replica: Replica) -> list:
+    """One replica's supernet training (the whole of it in one process)."""
     config, run = context.config, context.run
     supernet = context.new_supernet()
     probe = context.space.largest()
@@ -80,13 +94,10 @@ def train_supernet_phase(context: RunContext) -> str:
             flagged.add(flag)
         return {"val_accuracy_largest": accuracy, **routing_fields(routing)}
 
-    history = fit(supernet.model, context.train_loader(), config.supernet, context.device,
-                  sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
-                  checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
-                  label="supernet")
-    run.set_phase("supernet", "running", history=history)
-    run.record_files(run.supernet_weights)
-    return DONE
+    return fit(supernet.model, context.train_loader(), config.supernet, context.device,
+               sampler=supernet.sampler(config.supernet), distill=config.supernet.distillation,
+               checkpoint=Checkpoint.in_dir(run.path, "supernet"), seed=config.seed, evaluate=evaluate,
+               label="supernet", replica=replica)
 
 
 def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
@@ -110,31 +121,45 @@ def _phase(run: RunDir, name: str, action: Callable[[], str]) -> str:
 
 def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[str] = None,
                 address: Optional[str] = None, resume: bool = False, trials: Optional[int] = None,
-                seed: Optional[int] = None, runs_root: Path = Path("runs")) -> RunOutcome:
-    """Start (or with ``resume`` continue) the run of ``space_path`` in ``runs_root/<name>``, owning it meanwhile."""
+                seed: Optional[int] = None, runs_root: Path = Path("runs"),
+                workers: Optional[int] = None) -> RunOutcome:
+    """Start (or with ``resume`` continue) the run of ``space_path`` in ``runs_root/<name>``, owning it meanwhile;
+    ``workers`` overrides ``supernet.workers``."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: {workers}; expected a positive number of training processes")
     if resume and (engine or trials or seed is not None):
         raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
                         "cannot change it (start a new run with --name instead)")
     given = name is not None
     config = None if resume and given else load_space(space_path)  # resume reads the run's own snapshot
     run_name = check_run_name(name) if given else check_run_name(config.name or Path(space_path).stem, "name")
-    run = RunDir.open(runs_root / run_name) if resume else RunDir(runs_root / run_name)
+    if resume:
+        run = RunDir.open(runs_root / run_name)
+    else:
+        config = _with_overrides(config, engine, trials, seed)
+        backend = _check_before_creating(config, space_path)
+        run = RunDir(runs_root / run_name)
     with run.owned():
         if resume:
             run.adopt_location()
             run.verify_finished()
         else:
-            run = _create_run(run.path, _with_overrides(config, engine, trials, seed), space_path)
+            run = _create_run(run.path, config, space_path, backend)
         hint = shlex.join(["morf-search", "run", str(space_path), "--name", run_name, "--resume",
                            *(["--runs", str(runs_root)] if Path(runs_root) != Path("runs") else [])])
-        return _run_phases(RunContext(run), resume, address, hint)
+        return _run_phases(RunContext(run), resume, address, hint, workers)
 
 
-def _create_run(path: Path, config: SpaceFile, space_path: Path) -> RunDir:
+def _check_before_creating(config: SpaceFile, space_path: Path):
+    """What can refuse a new run before its directory exists; returns the latency backend."""
     backend = get_backend(config.latency.backend)
     backend.environment()  # a backend that is not installed is refused before the run exists
     if config.model.num_classes and config.data.known_classes() is None:  # a timm dataset: open it to know
         check_dataset_classes(config, load_splits(config.data).num_classes, str(space_path))
+    return backend
+
+
+def _create_run(path: Path, config: SpaceFile, space_path: Path, backend) -> RunDir:
     snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
     run = RunDir.create(path, snapshot, config.seed, command=shlex.join(["morf-search", *sys.argv[1:]]))
     setup = latency_setup(SearchSpace(config))
@@ -143,7 +168,8 @@ def _create_run(path: Path, config: SpaceFile, space_path: Path) -> RunDir:
     return run
 
 
-def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint: str) -> RunOutcome:
+def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint: str,
+                workers: Optional[int]) -> RunOutcome:
     config, run = context.config, context.run
     say(f"run {run.path}: {config.model.timm_name}, {config.search.engine}/{config.search.algorithm}, "
         f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
@@ -153,7 +179,7 @@ def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint:
               ("finalists", lambda: _finalists_phase(context)),
               ("report", lambda: _report_phase(context))]
     if config.search.evaluation == "oneshot":
-        phases.insert(0, ("supernet", lambda: train_supernet_phase(context)))
+        phases.insert(0, ("supernet", lambda: train_supernet_phase(context, workers, address)))
     try:
         for phase, action in phases:
             if _phase(run, phase, action) == STOPPED:
@@ -168,6 +194,8 @@ def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint:
 def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> str:
     config, run = context.config, context.run
     run.update_manifest(classes=context.classes)
+    if config.search.evaluation == "standalone":  # trials train with the supernet's recipe
+        run.set_phase("search", "running", **training_record(config.supernet, context.device))
     measured = warm_latency_table(context.space, context.num_classes)
     if measured:
         say(f"latency table: measured {measured} new unit configurations")
@@ -251,6 +279,7 @@ def _rank_check_phase(context: RunContext) -> str:
 def _finalists_phase(context: RunContext) -> str:
     finalists = context.config.finalists
     if finalists.top_k or finalists.latency_budgets:
+        context.run.set_phase("finalists", "running", **training_record(finalists, context.device))
         run_finalists(context)
     return DONE
 

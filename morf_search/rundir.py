@@ -142,6 +142,7 @@ class RunDir:
             finally:
                 _HELD[key] -= 1
             return
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -159,6 +160,9 @@ class RunDir:
             yield self
         finally:
             del _HELD[key]
+            if created and not self.manifest_file.exists():  # nothing was started here: leave no stub
+                (self.path / ".lock").unlink(missing_ok=True)
+                self.path.rmdir()
             os.close(fd)
 
     def _remove_stale_temporaries(self) -> None:

@@ -9,6 +9,7 @@ from timm.utils import reparameterize_model
 
 from morf_search import MoRFConv2d
 from morf_search.context import RunContext
+from morf_search.core.fileio import load_weights
 from morf_search.latency.cost import count_flops, count_params
 from morf_search.rundir import RunDir
 from morf_search.space.schema import dump_space, parse_space
@@ -109,16 +110,60 @@ def test_killed_training_resumes_from_last_epoch_exactly(tmp_path):
         torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
 
 
+@pytest.mark.parametrize("kill_at_write", [3, 4])
+def test_kill_between_an_epochs_weights_and_its_state_loses_only_that_epoch(tmp_path, monkeypatch, kill_at_write):
+    """Killed between the two files epoch 2 writes (issue 17): resuming must still end as the straight run."""
+    from morf_search.training import loop
+
+    space = SearchSpace(tiny_space(tmp_path))
+    straight, _ = _train(space, tmp_path / "straight")
+    writes = []
+
+    def dying(write):
+        def wrapped(*args, **kwargs):
+            writes.append(write.__name__)
+            if len(writes) == kill_at_write:  # epoch 2 writes the 3rd and 4th files
+                raise Killed
+            return write(*args, **kwargs)
+        return wrapped
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_weights", dying(loop.save_weights))
+        patch.setattr(loop, "save_state", dying(loop.save_state))
+        with pytest.raises(Killed):
+            _train(space, tmp_path / "interrupted")
+    assert sorted(writes[:2]) == ["save_state", "save_weights"], "one epoch writes weights and state"
+    resumed, history = _train(space, tmp_path / "interrupted")
+    assert [h["epoch"] for h in history] == [1, 2]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
+    on_disk = load_weights(tmp_path / "interrupted" / "supernet.safetensors")
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(on_disk[name], value, msg=f"{name}: supernet.safetensors is not the last epoch's")
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     from morf_search.core.fileio import CorruptFileError
 
     space = SearchSpace(tiny_space(tmp_path))
     with pytest.raises(Killed):
         _train(space, tmp_path / "run", kill_in_epoch=2)
-    weights = tmp_path / "run" / "supernet.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CorruptFileError, match="supernet.safetensors: not a readable safetensors file"):
+    state = tmp_path / "run" / "supernet.state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CorruptFileError, match="supernet.state.pt: cannot be read back"):
         _train(space, tmp_path / "run")
+
+
+def test_a_damaged_weights_file_is_rewritten_from_the_committed_state(tmp_path):
+    space = SearchSpace(tiny_space(tmp_path))
+    with pytest.raises(Killed):
+        _train(space, tmp_path / "run", kill_in_epoch=2)
+    weights = tmp_path / "run" / "supernet.safetensors"
+    epoch1 = {name: value.clone() for name, value in load_weights(weights).items()}  # not a view of the file
+    weights.write_bytes(weights.read_bytes()[:100])
+    Checkpoint.in_dir(tmp_path / "run", "supernet").restore(SuperNet(space, num_classes=10).model, torch.device("cpu"))
+    for name, value in load_weights(weights).items():
+        torch.testing.assert_close(value, epoch1[name], msg=name)
 
 
 def tiny_context(tmp_path, **space):

@@ -25,6 +25,7 @@ from ..layer.experts import Expert
 from ..layer.routing import ROUTING_MODES
 from ..models.registry import ModelFamily, get_family, list_families
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training/precision.py resolves them per device
 EMBEDDED_MIN_IMAGE_SIZE = 24  # the embedded dataset's class is a 16 px displacement: it needs room for it
 EMBEDDED_NUM_CLASSES = 10  # its displacement directions (training.embedded; the layers below may not import it)
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "params": "min", "flops": "min"}
@@ -290,6 +291,8 @@ class TrainingConfig(_Section):
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     balance_loss_weight: float = Field(0.01, ge=0, description="weight of the hard-routing load-balance loss")
+    precision: Literal[PRECISIONS] = Field(
+        "auto", description="autocast dtype; auto: bf16 on a CUDA device that supports it, else fp32")
 
     @field_validator("optimizer")
     @classmethod
@@ -313,6 +316,7 @@ class SupernetConfig(TrainingConfig):
     tau: float = Field(1.0, gt=0, description="router softmax temperature")
     gumbel: bool = Field(False, description="Gumbel noise for hard routing during training")
     bn_calibration_batches: int = Field(20, gt=0, description="ResNet: batches to re-estimate BN statistics per arch")
+    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @model_validator(mode="after")
     def _shrink_within_epochs(self):

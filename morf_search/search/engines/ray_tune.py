@@ -11,9 +11,7 @@ an existing cluster instead.
 """
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ...core.errors import UserError
 from ...core.progress import say
+from ...core.ray_dirs import ray_session
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
 from ..progress import SearchProgress
@@ -36,9 +35,6 @@ from ..trials import TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
 from .optuna_study import STUDY_NAME, PerTrialSeeded, rebuild_study, stage_params
 
-# Ray's socket paths add ~62 characters to its temp dir (/session_<date>_<time>_<us>_<pid>/sockets/plasma_store)
-# and AF_UNIX allows 107
-SOCKET_PATH_BUDGET = 40
 
 
 def _arch_of(config: dict, num_stages: int) -> Arch:
@@ -124,23 +120,6 @@ def _sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def _temp_dir(run) -> str:
-    """Ray's temp dir: ``engine/ray-tmp`` inside the run or, when the run's path is too long for
-    Ray's socket paths, a fresh short directory for this start that ``engine/ray-tmp`` links to
-    (so a copied run never shares its original's)."""
-    link = run.engine_dir / "ray-tmp"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink():
-        link.unlink()
-    inside = run.engine_dir.resolve() / "ray-tmp"
-    if len(str(inside)) <= SOCKET_PATH_BUDGET:
-        inside.mkdir(exist_ok=True)
-        return str(inside)
-    short = tempfile.mkdtemp(prefix="morf-ray-", dir="/tmp" if len(tempfile.gettempdir()) > 20 else None)
-    link.symlink_to(short, target_is_directory=True)
-    return short
-
-
 @dataclass(frozen=True)
 class TrialResources:
     """What each trial requests from Ray, and how many run at once."""
@@ -187,14 +166,7 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
     objectives = list(search_cfg.objectives)
     stages = [[str(choice) for choice in choices] for choices in space.stages]
     storage = rebuild_study(run.engine_dir / "optuna.journal", run.trials_csv, recorded, stages, objectives)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        common = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-        if address:
-            ray.init(address=address, **common)
-        else:
-            ray.init(_temp_dir=_temp_dir(run), **common)
-    try:
+    with ray_session(run.engine_dir, address):
         resources = TrialResources.plan(search_cfg, space.config.device, ray.cluster_resources())
         concurrency = resources.concurrency
         standalone = search_cfg.evaluation == "standalone"
@@ -216,7 +188,4 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
                                       verbose=0, callbacks=[recorder],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         tuner.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
     return SearchOutcome(len(TrialLog(run.trials_csv)), num_trials)
