@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path, PurePath
 from typing import Any, Dict, Iterable, Iterator, Optional
 
@@ -162,7 +162,8 @@ class RunDir:
             del _HELD[key]
             if created and not self.manifest_file.exists():  # nothing was started here: leave no stub
                 (self.path / ".lock").unlink(missing_ok=True)
-                self.path.rmdir()
+                with suppress(OSError):  # not empty after all: keep what is there
+                    self.path.rmdir()
             os.close(fd)
 
     def _remove_stale_temporaries(self) -> None:
