@@ -10,6 +10,7 @@ timed (a torch module, an ONNX Runtime session) is the business of ``backends``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import statistics
@@ -17,9 +18,14 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.benchmark import Timer
 
-from ..core.allocator import allocator_description, keep_freed_memory
+# Importing torch.utils.benchmark imports torch.utils.cpp_extension, which logs this warning on every
+# CPU machine with a CUDA toolkit; morf-search compiles no extensions, so only this one message is dropped.
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
+from torch.utils.benchmark import Timer  # noqa: E402 (after the filter)
+
+from ..core.allocator import allocator_description, keep_freed_memory  # noqa: E402
 
 
 @dataclass(frozen=True)
