@@ -220,9 +220,10 @@ def evaluate_references(context: RunContext) -> None:
         return
     log = TrialLog(context.run.references_csv)
     done = set(log.frame().get("trial_id", []))
-    for arch in references:
+    for index, arch in enumerate(references, 1):
         if f"reference-{arch}" in done:
             continue
+        say(f"reference {index}/{len(references)}: {arch}")
         started = time.perf_counter()
         result = context.runner.evaluate(arch)
         log.append({**make_row(f"reference-{arch}", arch, result.metrics, result.status, result.message,
@@ -285,5 +286,6 @@ def _finalists_phase(context: RunContext) -> str:
 
 
 def _report_phase(context: RunContext) -> str:
+    say("report: drawing the plots, writing report.md")
     say(f"report: {write_report(context.run)}")
     return DONE

@@ -28,7 +28,7 @@ def read_table(path: Path, columns: tuple = ()) -> pd.DataFrame:
         raise CorruptFileError(f"{path}: not a readable CSV file ({str(err).strip()})") from None
     missing = [column for column in columns if column not in frame]
     if missing:
-        raise CorruptFileError(f"{path}: no {', '.join(missing)} column")
+        raise CorruptFileError(f"{path}: missing columns: {', '.join(missing)}")
     return frame
 
 

@@ -50,8 +50,8 @@ def test_measure_times_the_deploy_form_without_touching_the_model(monkeypatch):
 
     model = timm.create_model("morf_convnext_cifar", **SMALL).eval()
     timed = []
-    monkeypatch.setattr(measuring, "time_modules",
-                        lambda modules, setup: {name: timed.append(module) for name, (module, _) in modules.items()})
+    monkeypatch.setattr(measuring, "time_modules", lambda modules, setup, desc="": {
+        name: timed.append(module) for name, (module, _) in modules.items()})
     measure(model, SETUP)
     measure(model, SETUP, deploy=False)
     assert not any(isinstance(m, MoRFConv2d) for m in timed[0].modules())
@@ -87,8 +87,8 @@ def test_table_times_the_new_units_of_several_networks_side_by_side(tmp_path, mo
               for arch in archs]
     sessions = []
     time_modules = lookup.time_modules
-    monkeypatch.setattr(lookup, "time_modules", lambda modules, setup: sessions.append(set(modules))
-                        or time_modules(modules, setup))
+    monkeypatch.setattr(lookup, "time_modules", lambda modules, setup, desc="": sessions.append(set(modules))
+                        or time_modules(modules, setup, desc))
     table = LatencyTable(SETUP, cache_dir=tmp_path)
     keys = [set(table.unit_keys(model)) for model in models]
     assert table.fill(models) == len(keys[0] | keys[1]) and len(keys[0] - keys[1]) == 1

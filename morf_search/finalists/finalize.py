@@ -206,10 +206,10 @@ def run_finalists(context) -> pd.DataFrame:
         return done
     finalizer = Finalizer(context)
     rows = done.to_dict("records")
-    for arch_text in chosen["arch"]:
+    for index, arch_text in enumerate(chosen["arch"], 1):
         if arch_text in set(done["arch"]):
             continue
-        say(f"finalist {arch_text}")
+        say(f"finalist {index}/{len(chosen)}: {arch_text}")
         rows.append(finalizer.finalize(Arch.parse(arch_text)))
         frame = pd.DataFrame(rows)
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
@@ -233,10 +233,10 @@ def train_baselines(context, finalizer: Finalizer, finalists: pd.DataFrame) -> L
     log = TrialLog(context.run.references_csv)
     recorded = log.frame()
     have = set(recorded["trial_id"]) if "trial_id" in recorded else set()
-    for arch, role in wanted.items():
+    for index, (arch, role) in enumerate(wanted.items(), 1):
         if all(f"baseline-{arch}-seed{seed}" in have for seed in finalizer.seeds):
             continue
-        say(f"baseline {arch}: {role}")
+        say(f"baseline {index}/{len(wanted)}: {arch}, {role}")
         for row in finalizer.baseline(arch, role):
             log.append(row)
     context.run.record_files(context.run.references_csv)

@@ -58,7 +58,7 @@ def warm_latency_table(space: SearchSpace, num_classes: int, cache_dir: Optional
             unit_keys[arch] = table.unit_keys(model)
             yield model
 
-    say(f"latency table: timing the units of {longest} archs side by side")
+    say(f"latency table: {table.path}, for the units of {longest} archs that use every stage choice")
     table.fill(walk())
     if not table.calibrated(deployed(archs[0])):
         archs.sort(key=lambda arch: sum(table.entries[key] for key in unit_keys[arch]))

@@ -26,6 +26,7 @@ logging.getLogger("torch.utils.cpp_extension").addFilter(
 from torch.utils.benchmark import Timer  # noqa: E402 (after the filter)
 
 from ..core.allocator import allocator_description, keep_freed_memory  # noqa: E402
+from ..core.progress import bar  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,13 @@ def thread_count(threads: Optional[int]) -> Iterator[None]:
 
 
 def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: int = 15,
-                      round_seconds: float = 0.05, warmup: int = 3) -> Dict[str, Timing]:
+                      round_seconds: float = 0.05, warmup: int = 3, desc: str = "") -> Dict[str, Timing]:
     """Time zero-argument callables in interleaved rounds (A, B, C, A, B, C, ...).
 
     Interleaving makes drifting clocks or a noisy neighbour hit every candidate alike, which
     is what makes ratios between them meaningful (see ``paired_ratio``). Freed memory is kept
-    in the process first (see ``allocator``), so page faults do not decide the numbers.
+    in the process first (see ``allocator``), so page faults do not decide the numbers. With
+    ``desc`` a long timing shows its rounds as a progress bar on a terminal.
     """
     keep_freed_memory()
     timers, numbers = {}, {}
@@ -118,7 +120,7 @@ def time_side_by_side(candidates: Mapping[str, Callable[[], object]], rounds: in
         timers[name] = timer
         numbers[name] = max(1, int(round_seconds / max(once, 1e-7)))
     samples = {name: [] for name in candidates}
-    for _ in range(rounds):
+    for _ in bar(range(rounds), rounds, desc) if desc else range(rounds):
         for name, timer in timers.items():
             samples[name].append(timer.timeit(numbers[name]).mean * 1e3)
     results = {}

@@ -48,9 +48,12 @@ class Measurement:
         return asdict(self)
 
 
-def time_modules(modules: Mapping[str, Tuple[nn.Module, Sequence[int]]], setup: LatencySetup
+def time_modules(modules: Mapping[str, Tuple[nn.Module, Sequence[int]]], setup: LatencySetup, desc: str = ""
                  ) -> Dict[str, Measurement]:
-    """Latency (p10, median, p90) of each module on a random input of its shape (the backend takes the modules)."""
+    """Latency (p10, median, p90) of each module on a random input of its shape (the backend takes the modules).
+
+    ``desc`` labels the rounds' progress bar (see ``time_side_by_side``).
+    """
     backend = get_backend(setup.backend)
     results: Dict[str, Measurement] = {}
     with thread_count(setup.threads):
@@ -58,8 +61,9 @@ def time_modules(modules: Mapping[str, Tuple[nn.Module, Sequence[int]]], setup: 
         env = {**environment(setup.device), **backend.environment()}
         pending = list(runs)
         for attempt in range(1, setup.retries + 2):
+            label = desc and (desc if attempt == 1 else f"{desc}, {len(pending)} noisy ones again")
             timings = time_side_by_side({name: runs[name] for name in pending}, rounds=setup.rounds,
-                                        round_seconds=setup.round_seconds)
+                                        round_seconds=setup.round_seconds, desc=label)
             for name, timing in timings.items():
                 results[name] = Measurement(timing.median_ms, timing.p10_ms, timing.p90_ms, timing.spread,
                                             timing.spread > setup.max_spread, attempt, asdict(setup), env)
@@ -78,9 +82,9 @@ def measure(model: nn.Module, setup: LatencySetup, deploy: bool = True) -> Measu
     return measure_side_by_side({"model": model}, setup, deploy)["model"]
 
 
-def measure_side_by_side(models: Mapping[str, nn.Module], setup: LatencySetup, deploy: bool = True
-                         ) -> Dict[str, Measurement]:
+def measure_side_by_side(models: Mapping[str, nn.Module], setup: LatencySetup, deploy: bool = True,
+                         desc: str = "") -> Dict[str, Measurement]:
     """``measure`` for several networks in interleaved rounds, so their differences are not drift."""
     copies = {name: (reparameterize_model(model) if deploy else copy.deepcopy(model), setup.input_size)
               for name, model in models.items()}
-    return time_modules(copies, setup)
+    return time_modules(copies, setup, desc)

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import statistics
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..core.fileio import default_cache_dir, read_json, write_json
+from ..core.progress import say
 from ..layer.deploy import DynamicMoRFConv2d
 from .backends import get_backend
 from .harness import environment
@@ -135,10 +137,17 @@ class LatencyTable:
                 if key not in self.entries and key not in missing:
                     missing[key] = (copy.deepcopy(module), in_shape)
         if missing:
-            for key, result in time_modules(missing, self._rotation_setup()).items():
+            setup = self._rotation_setup()
+            say(f"latency table: timing {len(missing)} new units side by side, {setup.rounds} interleaved rounds")
+            started = time.perf_counter()
+            results = time_modules(missing, setup, desc="latency table")
+            for key, result in results.items():
                 self.entries[key] = result.latency_ms
             self.measured += len(missing)
             self.save()
+            again = sum(result.attempts > 1 for result in results.values())
+            say(f"latency table: {len(missing)} units timed in {time.perf_counter() - started:.0f} s"
+                + (f" ({again} noisy ones timed again)" if again else ""))
         return len(missing)
 
     def unit_sum(self, model: nn.Module) -> float:
@@ -158,7 +167,10 @@ class LatencyTable:
     def calibrate(self, models: Sequence[nn.Module]) -> Tuple[float, float]:
         """Fit and store this structure's calibration from whole-network measurements of ``models``."""
         sums = [self.unit_sum(m) for m in models]
-        measured = [result.latency_ms for result in measure_side_by_side(dict(enumerate(models)), self.setup).values()]
+        say(f"latency table: calibrating on {len(models)} whole networks")
+        started = time.perf_counter()
+        timings = measure_side_by_side(dict(enumerate(models)), self.setup, desc="latency calibration")
+        measured = [result.latency_ms for result in timings.values()]
         if len(models) >= 3 and max(sums) > min(sums) * 1.05:
             mean_x, mean_y = statistics.fmean(sums), statistics.fmean(measured)
             scale = (sum((x - mean_x) * (y - mean_y) for x, y in zip(sums, measured))
@@ -170,4 +182,6 @@ class LatencyTable:
             scale, offset = statistics.median(y / x for x, y in zip(sums, measured)), 0.0
         self.calibrations[self._structure(self._units(models[0]))] = (scale, offset)
         self.save()
+        say(f"latency table: calibrated in {time.perf_counter() - started:.0f} s "
+            f"(measured = {scale:.3f} x unit sum {offset:+.3f} ms)")
         return scale, offset
