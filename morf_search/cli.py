@@ -13,13 +13,14 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .core.allocator import keep_freed_memory
+from .core.device import resolve_device
 from .core.errors import UserError
 from .latency.backends import BACKENDS
 from .models.arch import Arch
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, with a mistake reported as one line (argparse prints the usage first)."""
+    """argparse's parser, reporting a mistake in one line instead of after the whole usage."""
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
@@ -58,8 +59,6 @@ def arch(value: str) -> Arch:
 
 def device(value: str) -> str:
     """auto, cpu, cuda or cuda:N, present on this machine."""
-    from .core.device import resolve_device
-
     try:
         return str(resolve_device(text(value)))
     except UserError as err:
