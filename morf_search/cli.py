@@ -17,6 +17,7 @@ from .core.device import resolve_device
 from .core.errors import UserError
 from .latency.backends import BACKENDS
 from .models.arch import Arch
+from .rundir import RunError, check_run_name
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,9 +68,10 @@ def device(value: str) -> str:
 
 def run_name(value: str) -> str:
     """A run's name: one folder under --runs."""
-    if Path(text(value)).name != value or value in (".", ".."):
-        raise argparse.ArgumentTypeError(f"expected a folder name without '/', got {value!r}")
-    return value
+    try:
+        return check_run_name(text(value), "")
+    except RunError as err:
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
 
 
 def runs_folder(value: str) -> Path:

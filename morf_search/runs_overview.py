@@ -1,8 +1,8 @@
 """What ``morf-search list`` and ``morf-search show`` print: the runs of a folder, and one run in full.
 
 Both only read what a run wrote (manifest.json, trials.csv, pareto.csv, finalists.csv, exports/),
-so they work on runs that are still going, stopped or killed. A folder whose files cannot be read
-is listed as damaged with the reason rather than ending the listing.
+without owning the run, so they work on runs that are still going, stopped or killed. A folder
+whose files cannot be read is listed as damaged with the reason rather than ending the listing.
 """
 from __future__ import annotations
 
@@ -16,20 +16,23 @@ import pandas as pd
 from .core.errors import UserError
 from .core.fileio import CorruptFileError
 from .rundir import PHASES, RunDir
+from .search.trials import TrialLog
 
 
-def read_table(path: Path, columns: tuple = ()) -> pd.DataFrame:
-    """A run's CSV file (empty when not written yet); one that does not parse, or lacks ``columns``, is corrupt."""
+def read_table(path: Path) -> pd.DataFrame:
+    """pareto.csv or finalists.csv (written whole, atomically); empty when not written yet."""
     if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=list(columns))
+        return pd.DataFrame()
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path}: not a readable CSV file ({str(err).strip()})") from None
-    missing = [column for column in columns if column not in frame]
-    if missing:
-        raise CorruptFileError(f"{path}: missing columns: {', '.join(missing)}")
-    return frame
+
+
+def read_trials(run: RunDir) -> pd.DataFrame:
+    """trials.csv as the search reads it (a torn last line ignored, damage named by line)."""
+    frame = TrialLog(run.trials_csv, required=("trial_id", "arch", "status", "accuracy")).frame()
+    return frame if not frame.empty else pd.DataFrame(columns=["trial_id", "arch", "status", "accuracy"])
 
 
 def read_manifest(run: RunDir) -> dict:
@@ -82,7 +85,7 @@ class RunSummary:
         try:
             run = RunDir.open(path)
             status = run_status(run)
-            trials = read_table(run.trials_csv, ("accuracy", "status"))
+            trials = read_trials(run)
             return cls(path.name, status, len(trials), best_accuracy(trials), len(read_table(run.pareto_csv)),
                        len(read_table(run.finalists_csv)))
         except (UserError, OSError) as err:
@@ -131,7 +134,7 @@ def describe_run(path: Path) -> str:
         seconds = f"{entry['seconds']:.0f} s" if isinstance(entry.get("seconds"), (int, float)) else ""
         error = f"  error: {entry['error']}" if entry.get("error") else ""
         lines.append(f"  {phase:<11}{str(entry.get('status')):<9}{seconds:>8}  {entry.get('updated', '')}{error}")
-    trials = read_table(run.trials_csv, ("accuracy", "status"))
+    trials = read_trials(run)
     counts = ", ".join(f"{count} {status}" for status, count in trials["status"].value_counts().items())
     best = best_accuracy(trials)
     lines.append(f"trials: {len(trials)}" + (f" ({counts})" if counts else "")

@@ -41,7 +41,8 @@ BAD_ARGUMENTS = [
     (["run", "space.yaml", "--trials", "0"], "--trials", ">= 1, got 0"),
     (["run", "space.yaml", "--seed", "-1"], "--seed", ">= 0, got -1"),
     (["run", "space.yaml", "--name", ""], "--name", "non-empty"),
-    (["run", "space.yaml", "--name", "a/b"], "--name", "without '/'"),
+    (["run", "space.yaml", "--name", "a/b"], "--name", "'a/b': a run name is one plain folder name"),
+    (["run", "space.yaml", "--name", ".."], "--name", "one plain folder name"),
     (["run", "space.yaml", "--address", " "], "--address", "non-empty"),
     (["run", ""], "space", "non-empty"),
     (["validate", ""], "space", "non-empty"),
@@ -131,11 +132,12 @@ def make_run(root: Path, name: str, phases: dict, trials=(), front=(), finalists
     return run
 
 
-TRIALS = [{"arch": ARCH, "accuracy": 81.5, "latency_ms": 2.0, "status": "ok"},
-          {"arch": "k5-static_k3-static_k3-static_k3-static", "accuracy": 84.25, "latency_ms": 2.5, "status": "ok"},
-          {"arch": "k7-static_k3-static_k3-static_k3-static", "accuracy": 97.0, "latency_ms": 3.0,
+TRIALS = [{"trial_id": "t0", "arch": ARCH, "accuracy": 81.5, "latency_ms": 2.0, "status": "ok"},
+          {"trial_id": "t1", "arch": "k5-static_k3-static_k3-static_k3-static", "accuracy": 84.25, "latency_ms": 2.5,
+           "status": "ok"},
+          {"trial_id": "t2", "arch": "k7-static_k3-static_k3-static_k3-static", "accuracy": 97.0, "latency_ms": 3.0,
            "status": "stopped"},
-          {"arch": "k9-static_k3-static_k3-static_k3-static", "accuracy": None, "latency_ms": 9.0,
+          {"trial_id": "t3", "arch": "k9-static_k3-static_k3-static_k3-static", "accuracy": None, "latency_ms": 9.0,
            "status": "infeasible"}]
 DONE = {"supernet": "done", "search": "done", "pareto": "done", "rank_check": "done", "finalists": "done",
         "report": "done"}
@@ -154,8 +156,8 @@ def runs(tmp_path):
     truncated = make_run(root, "truncated", DONE)
     truncated.manifest_file.write_text(truncated.manifest_file.read_text()[:40])
     make_run(root, "listy", DONE).manifest_file.write_text("[1, 2]\n")
-    make_run(root, "badcsv", DONE).trials_csv.write_bytes(b'arch,accuracy\n"k3,\n1,2,3\n')
-    make_run(root, "nocolumns", DONE).trials_csv.write_text("arch,score\nk3,1\n")
+    make_run(root, "badcsv", DONE).trials_csv.write_text(f"trial_id,arch,status,accuracy\nt0,{ARCH},ok,80\nt1,k3\n")
+    make_run(root, "nocolumns", DONE).trials_csv.write_text(f"trial_id,arch,status\nt0,{ARCH},ok\n")
     return root
 
 
@@ -171,8 +173,8 @@ def test_list_shows_every_run_and_damaged_ones_with_the_reason(runs, capsys):
     assert "damaged: not a morf-search run (no manifest.json)" in rows["half"]
     assert "damaged: manifest.json: not valid JSON" in rows["truncated"]
     assert "damaged: manifest.json: no phases object" in rows["listy"]
-    assert "damaged: trials.csv: not a readable CSV file" in rows["badcsv"]
-    assert "damaged: trials.csv: missing columns: accuracy, status" in rows["nocolumns"]
+    assert "damaged: trials.csv: line 3: 2 fields, the header has 4" in rows["badcsv"]
+    assert "damaged: trials.csv: line 1: the header 'trial_id,arch,status' lacks accuracy" in rows["nocolumns"]
 
 
 def test_list_of_an_empty_folder(tmp_path, capsys):
@@ -204,7 +206,7 @@ def test_show_of_a_run_still_going_and_of_damaged_runs(runs, capsys):
     assert "stopped in search" in out and "front: not built yet" in out and "finalists: none yet" in out
     for name, expected in [("half", "not a morf-search run (no manifest.json)"),
                            ("truncated", "manifest.json: not valid JSON"),
-                           ("badcsv", "trials.csv: not a readable CSV file")]:
+                           ("badcsv", "trials.csv: line 3: 2 fields, the header has 4")]:
         assert main(["show", str(runs / name)]) == 2
         line = one_error_line(capsys)
         assert line.startswith(f"error: {runs / name}") and expected in line, line
