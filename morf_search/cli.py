@@ -69,7 +69,7 @@ def device(value: str) -> str:
 def run_name(value: str) -> str:
     """A run's name: one folder under --runs."""
     try:
-        return check_run_name(text(value), "")
+        return check_run_name(value, "")
     except RunError as err:
         raise argparse.ArgumentTypeError(str(err).strip()) from None
 

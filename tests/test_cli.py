@@ -40,7 +40,7 @@ BAD_ARGUMENTS = [
     (["bench", ""], "model", "non-empty"),
     (["run", "space.yaml", "--trials", "0"], "--trials", ">= 1, got 0"),
     (["run", "space.yaml", "--seed", "-1"], "--seed", ">= 0, got -1"),
-    (["run", "space.yaml", "--name", ""], "--name", "non-empty"),
+    (["run", "space.yaml", "--name", ""], "--name", "'': a run name is one plain folder name"),
     (["run", "space.yaml", "--name", "a/b"], "--name", "'a/b': a run name is one plain folder name"),
     (["run", "space.yaml", "--name", ".."], "--name", "one plain folder name"),
     (["run", "space.yaml", "--address", " "], "--address", "non-empty"),
