@@ -35,21 +35,9 @@ def read_trials(run: RunDir) -> pd.DataFrame:
     return frame if not frame.empty else pd.DataFrame(columns=["trial_id", "arch", "status", "accuracy"])
 
 
-def read_manifest(run: RunDir) -> dict:
-    """The run's manifest, checked to have the phases every reader here needs."""
-    try:
-        manifest = run.manifest()
-    except UnicodeDecodeError:
-        raise CorruptFileError(f"{run.manifest_file}: not text; it may be damaged") from None
-    phases = manifest.get("phases") if isinstance(manifest, dict) else None
-    if not isinstance(phases, dict) or not all(isinstance(entry, dict) for entry in phases.values()):
-        raise CorruptFileError(f"{run.manifest_file}: no phases object; not a morf-search manifest")
-    return manifest
-
-
 def run_status(run: RunDir) -> str:
     """``done``, or where the run stands: the first phase not done and how it ended."""
-    phases = read_manifest(run)["phases"]
+    phases = run.manifest()["phases"]  # its shape checked by RunDir
     if run.phase_done("report"):
         return "done"
     for phase in PHASES:
@@ -126,7 +114,7 @@ def _section(title: str, frame: pd.DataFrame, columns: List[str], empty: str) ->
 def describe_run(path: Path) -> str:
     """``morf-search show``: status, phases, trials, the front, finalists and where the exports are."""
     run = RunDir.open(Path(path))
-    manifest = read_manifest(run)
+    manifest = run.manifest()
     lines = [f"run {run.path}: {run_status(run)}",
              f"  created {manifest.get('created', '?')}, seed {manifest.get('seed', '?')}: {manifest.get('command')}",
              "phases:"]

@@ -172,7 +172,7 @@ def test_list_shows_every_run_and_damaged_ones_with_the_reason(runs, capsys):
     assert "running or killed in supernet" in rows["killed"]
     assert "damaged: not a morf-search run (no manifest.json)" in rows["half"]
     assert "damaged: manifest.json: not valid JSON" in rows["truncated"]
-    assert "damaged: manifest.json: no phases object" in rows["listy"]
+    assert "damaged: manifest.json: input should be a valid dictionary" in rows["listy"]
     assert "damaged: trials.csv: line 3: 2 fields, the header has 4" in rows["badcsv"]
     assert "damaged: trials.csv: line 1: the header 'trial_id,arch,status' lacks accuracy" in rows["nocolumns"]
 
