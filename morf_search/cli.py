@@ -204,7 +204,7 @@ def build_parser() -> Parser:
     run.add_argument("--resume", action="store_true", help="continue an existing run where it stopped")
     run.add_argument("--trials", type=positive, help="override the number of trials (at least 1)")
     run.add_argument("--seed", type=non_negative, help="override the seed (0 or more)")
-    run.add_argument("--workers", type=positive, help="supernet training processes (Ray Train) for this start; "
+    run.add_argument("--workers", type=int, help="supernet training processes (Ray Train) for this start; "
                      "also with --resume, which continues from the last epoch whatever the count was")
     run.add_argument("--runs", type=runs_folder, default=Path("runs"),
                      help="folder holding runs, created if absent (default: runs)")
