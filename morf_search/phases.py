@@ -141,8 +141,8 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
         run = RunDir(runs_root / run_name)
     with run.owned():
         if resume:
-            run.adopt_location()
             run.verify_finished()
+            run.adopt_location()
         else:
             run = _create_run(run.path, config, space_path, backend)
         hint = shlex.join(["morf-search", "run", str(space_path), "--name", run_name, "--resume",
