@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from test_run import TRIALS, morf, space_file
 
+from morf_search.cli import main
 from morf_search.core.fileio import write_text
 from morf_search.rundir import RunDir, RunError, check_run_name
 
@@ -40,15 +41,26 @@ def _as_killed_during_search(run, keep_rows):
     return trials
 
 
-def test_a_copied_run_resumes_into_itself_and_reruns_exactly_the_missing_trials(searched, tmp_path):
+def test_a_copied_run_with_lost_rows_and_planted_pickles_resumes_into_itself(searched, tmp_path):
+    """One resume shows three things: a copy is a run of its own, lost rows are run again (the same archs,
+    samplers being seeded per trial), and nothing the run directory holds is unpickled."""
     root = searched
     original = pd.read_csv(root / "runs" / "a" / "trials.csv")
     copy = root / "runs" / "b"
     shutil.copytree(root / "runs" / "a", copy, symlinks=True)
     full = _as_killed_during_search(copy, keep_rows=4)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for pkl in [*(copy / "engine").rglob("*.pkl"), copy / "engine" / "search" / "tuner.pkl"]:
+        pkl.write_bytes(pickle.dumps(Payload()))
 
     result = morf("run", str(root / "space.yaml"), "--name", "b", "--resume", cwd=root)
     assert "a copy of run 'a'" in result.stderr and "running the 2 still missing" in result.stderr
+    assert not marker.exists(), "resume unpickled a file of the run directory"
     after = pd.read_csv(copy / "trials.csv")
     assert len(after) == TRIALS and after["trial_id"].is_unique
     assert list(after["arch"]) == list(full["arch"]), "seeded per trial, the missing trials are the same archs"
@@ -57,41 +69,26 @@ def test_a_copied_run_resumes_into_itself_and_reruns_exactly_the_missing_trials(
     assert not list(copy.rglob("*.tmp")), "temporary files left behind"
 
 
-def test_resume_never_unpickles_what_the_run_directory_holds(searched, tmp_path):
-    root = searched
-    copy = root / "runs" / "planted"
-    shutil.copytree(root / "runs" / "a", copy, symlinks=True)
-    _as_killed_during_search(copy, keep_rows=TRIALS - 1)
-    marker = tmp_path / "payload-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    for pkl in (copy / "engine").rglob("*.pkl"):
-        pkl.write_bytes(pickle.dumps(Payload()))
-    (copy / "engine" / "search" / "tuner.pkl").write_bytes(pickle.dumps(Payload()))
-    morf("run", str(root / "space.yaml"), "--name", "planted", "--resume", cwd=root)
-    assert not marker.exists(), "resume unpickled a file of the run directory"
-    assert len(pd.read_csv(copy / "trials.csv")) == TRIALS
-
-
-def test_a_second_process_on_a_run_gets_one_line_naming_the_owner(searched):
+def test_a_second_process_on_a_run_gets_one_line_naming_the_owner(searched, capsys):
     root = searched
     run = RunDir.open(root / "runs" / "a")
-    with run.owned():
+    script = f"import sys\nfrom morf_search.rundir import RunDir\nwith RunDir({str(run.path)!r}).owned():\n" \
+             "    print('owned', flush=True)\n    sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "owned\n"
         for args in (["--resume"], []):
-            result = morf("run", str(root / "space.yaml"), "--name", "a", *args, cwd=root, check=False)
-            assert result.returncode == 2 and "Traceback" not in result.stderr
-            assert result.stderr.strip() == f"error: runs/a: in use by process {os.getpid()}; wait for it to " \
-                                             "end (or stop it) and try again"
-        with run.owned():  # one process may nest owners
+            assert main(["run", str(root / "space.yaml"), "--name", "a", "--runs", str(root / "runs"), *args]) == 2
+            assert capsys.readouterr().err.strip() == f"error: {run.path}: in use by process {holder.pid}; " \
+                                                      "wait for it to end (or stop it) and try again"
+    finally:
+        holder.communicate("")
+    with run.owned():  # free again once the owner ended; one process may nest owners
+        with run.owned():
             pass
-    script = f"from morf_search.rundir import RunDir\nwith RunDir({str(run.path)!r}).owned(): print('owned')"
-    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout == "owned\n"
 
 
-def test_files_a_finished_phase_wrote_are_verified_before_they_are_used(searched, tmp_path):
+def test_files_a_finished_phase_wrote_are_verified_before_they_are_used(searched, capsys):
     root = searched
     run = root / "runs" / "garbled"
     shutil.copytree(root / "runs" / "a", run, symlinks=True)
@@ -99,26 +96,24 @@ def test_files_a_finished_phase_wrote_are_verified_before_they_are_used(searched
     data = bytearray(weights.read_bytes())
     data[-64:] = b"\xff" * 64  # the header still parses; the weights are garbage
     weights.write_bytes(bytes(data))
-
-    for args in (["export", str(run), "--arch", pd.read_csv(run / "trials.csv")["arch"][0], "--epochs", "0"],
-                 ["run", str(root / "space.yaml"), "--name", "garbled", "--resume"], ["report", str(run)]):
-        result = morf(*args, cwd=root, check=False)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.strip().startswith("error: ") and result.stderr.strip().endswith(
-            "garbled/supernet.safetensors: damaged (its content differs from the hash manifest.json recorded); "
-            "restore it, or start a new run")
-        assert len(result.stderr.strip().splitlines()) == 1
+    damaged = f"error: {weights}: damaged (its content differs from the hash manifest.json recorded); " \
+              "restore it, or start a new run"
+    resume = ["run", str(root / "space.yaml"), "--name", "garbled", "--runs", str(root / "runs"), "--resume"]
+    arch = pd.read_csv(run / "trials.csv")["arch"][0]
+    for args in (["export", str(run), "--arch", arch, "--epochs", "0"], resume, ["report", str(run)]):
+        assert main(args) == 2
+        assert capsys.readouterr().err.strip() == damaged
     weights.unlink()
-    result = morf("run", str(root / "space.yaml"), "--name", "garbled", "--resume", cwd=root, check=False)
-    assert result.returncode == 2 and "supernet.safetensors: missing" in result.stderr
+    assert main(resume) == 2
+    assert capsys.readouterr().err.strip().endswith("supernet.safetensors: missing, though the run recorded it; "
+                                                    "restore it, or start a new run")
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", ".", "..", "a/b", ""])
-def test_a_run_name_is_one_plain_folder_name(searched, name):
+def test_a_run_name_is_one_plain_folder_name(searched, name, capsys):
     root = searched
-    result = morf("run", str(root / "space.yaml"), "--name", name, cwd=root, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "a run name is one plain folder name" in result.stderr
+    assert main(["run", str(root / "space.yaml"), "--name", name, "--runs", str(root / "runs")]) == 2
+    assert "a run name is one plain folder name" in capsys.readouterr().err
     assert not (root / "escaped").exists() and not (root / "runs" / "a" / "b").exists()
     with pytest.raises(RunError):
         check_run_name(name)
