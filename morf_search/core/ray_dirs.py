@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,33 @@ from typing import Iterator, Optional
 SOCKET_PATH_BUDGET = 40
 
 
+def stop_leftover_ray(temp_dir: Path) -> int:
+    """Stop the Ray processes that a killed driver left holding files in ``temp_dir`` (its agents outlive it).
+
+    Only for a run's own local Ray, and only while this process owns the run, so none of them can
+    belong to a live run."""
+    import psutil
+
+    prefix, stopped = f"{temp_dir}{os.sep}", 0
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if any(f.path.startswith(prefix) for f in process.open_files()):
+                process.kill()
+                stopped += 1
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to inspect
+            continue
+    return stopped
+
+
 def ray_temp_dir(engine_dir: Path) -> str:
     """``engine_dir/ray-tmp`` or, when that path is too long for Ray's socket paths, a fresh short
     directory for this start that ``engine_dir/ray-tmp`` links to (a copied run never shares its original's)."""
     link = Path(engine_dir) / "ray-tmp"
     link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists():
+        stop_leftover_ray(link.resolve())
     if link.is_symlink():
         link.unlink()
     inside = link.parent.resolve() / "ray-tmp"
