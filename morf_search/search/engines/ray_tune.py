@@ -36,7 +36,6 @@ from . import SearchOutcome
 from .optuna_study import STUDY_NAME, PerTrialSeeded, rebuild_study, stage_params
 
 
-
 def _arch_of(config: dict, num_stages: int) -> Arch:
     return Arch.parse("_".join(config[p] for p in stage_params(num_stages)))
 
