@@ -83,10 +83,13 @@ def runs_folder(value: str) -> Path:
 
 
 def cmd_validate(args) -> int:
-    from .space.schema import dump_space, load_space
+    from .space.schema import CUSTOM_DATASET, dump_space, load_space
     from .space.search_space import SearchSpace
+    from .training.data import NO_CUSTOM_DATA
 
     space_file = load_space(args.space)
+    if space_file.data.dataset == CUSTOM_DATASET:  # only Python can hand the datasets over
+        raise UserError(f"{args.space}: {NO_CUSTOM_DATA}")
     space = SearchSpace(space_file)
     print(f"# {args.space}: valid. Resolved configuration (defaults filled in):")
     print(dump_space(space_file), end="")

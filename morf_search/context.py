@@ -5,14 +5,16 @@ search space, the device, the data splits and class names, and, on first use, th
 validation and BatchNorm-calibration batches, the trained supernet, the one-shot evaluator,
 the latency estimator and the trial runner. Phases, engines and finalists take it instead
 of rebuilding any of these. Pickled (Ray ships it to trial workers) it travels as its run
-directory's path, and each worker process opens it once.
+directory's path (with the datasets and the model family given from Python, if any), and
+each worker process opens it once.
 """
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
+import timm
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,34 +22,47 @@ from .core.device import resolve_device
 from .core.fileio import load_weights
 from .latency import estimator
 from .latency.setup import LatencySetup
+from .models.registry import ModelFamily, register_family
 from .rundir import RunDir
 from .search.runner import TrialRunner
 from .space.search_space import SearchSpace
-from .training.data import DataSplits, load_splits, make_loader
+from .training.data import CustomData, DataSplits, load_splits, make_loader
 from .training.evaluate import Batches, OneShotEvaluator, cache_batches
 from .training.supernet import SuperNet
 
 _OPEN: Dict[str, "RunContext"] = {}
+FamilyCode = Tuple[ModelFamily, Dict[str, Callable]]  # a family given from Python and its timm entrypoints
 
 
 class RunContext:
-    """One run's shared state; cheap parts at once, expensive ones on first use."""
+    """One run's shared state; cheap parts at once, expensive ones on first use.
 
-    def __init__(self, run: RunDir):
+    ``data`` holds the datasets of a ``data.dataset: custom`` run (given from Python).
+    """
+
+    def __init__(self, run: RunDir, data: Optional[CustomData] = None):
         self.run = run
+        self.data = data
         self.config = run.load_space()
         self.space = SearchSpace(self.config)
 
     @classmethod
-    def open(cls, path: Path) -> "RunContext":
+    def open(cls, path: Path, data: Optional[CustomData] = None) -> "RunContext":
         """This process's context for the run at ``path`` (trial workers reuse it across trials)."""
         key = str(Path(path).resolve())
-        if key not in _OPEN:
-            _OPEN[key] = cls(RunDir.open(Path(key)))
+        if key not in _OPEN or (data is not None and _OPEN[key].data is None):
+            _OPEN[key] = cls(RunDir.open(Path(key)), data)
         return _OPEN[key]
 
     def __reduce__(self):
-        return reopen, (str(self.run.path.resolve()),)
+        return reopen, (str(self.run.path.resolve()), self.data, self._family_code())
+
+    def _family_code(self) -> Optional[FamilyCode]:
+        """A family registered from Python travels with its entrypoints (a worker has not imported it)."""
+        family = self.space.family
+        if family.module.startswith(f"{__package__}."):
+            return None
+        return family, {name: timm.models.model_entrypoint(name) for name in family.entrypoints.values()}
 
     @cached_property
     def device(self) -> torch.device:
@@ -57,7 +72,7 @@ class RunContext:
     # -- data ---------------------------------------------------------------------------------
     @cached_property
     def splits(self) -> DataSplits:
-        return load_splits(self.config.data)
+        return load_splits(self.config.data, custom=self.data)
 
     @property
     def classes(self) -> List[str]:
@@ -136,6 +151,12 @@ class RunContext:
         return TrialRunner(self)
 
 
-def reopen(path: str) -> RunContext:
+def reopen(path: str, data: Optional[CustomData] = None, family_code: Optional[FamilyCode] = None) -> RunContext:
     """Unpickling a context: this process's one for the run (a module function, pickled by reference)."""
-    return RunContext.open(Path(path))
+    if family_code is not None:
+        family, entrypoints = family_code
+        register_family(family)
+        for name, entrypoint in entrypoints.items():
+            if not timm.is_model(name):
+                timm.models.register_model(entrypoint)
+    return RunContext.open(Path(path), data)

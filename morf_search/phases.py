@@ -32,9 +32,10 @@ from .search.engines import get_engine
 from .search.fidelity import rank_agreement, spread_by_latency, verdict
 from .search.pareto import pareto_front
 from .search.trials import TrialLog, make_row, routing_fields, routing_warnings
-from .space.schema import ALGORITHMS, SpaceFile, check_dataset_classes, dump_space, load_space, parse_space
+from .space.schema import (ALGORITHMS, CUSTOM_DATASET, SpaceFile, check_dataset_classes, dump_space, load_space,
+                           parse_space)
 from .space.search_space import SearchSpace
-from .training.data import load_splits
+from .training.data import NO_CUSTOM_DATA, CustomData, load_splits
 from .training.distributed import Replica, train
 from .training.evaluate import top1_accuracy
 from .training.loop import Checkpoint, fit, training_record
@@ -123,49 +124,86 @@ def run_command(space_path: Path, name: Optional[str] = None, engine: Optional[s
                 address: Optional[str] = None, resume: bool = False, trials: Optional[int] = None,
                 seed: Optional[int] = None, runs_root: Path = Path("runs"),
                 workers: Optional[int] = None) -> RunOutcome:
-    """Start (or with ``resume`` continue) the run of ``space_path`` in ``runs_root/<name>``, owning it meanwhile;
+    """``morf-search run``: start (or with ``resume`` continue) the run of ``space_path`` in ``runs_root/<name>``;
     ``workers`` overrides ``supernet.workers``."""
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers: {workers}; expected a positive number of training processes")
-    if resume and (engine or trials or seed is not None):
-        raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
-                        "cannot change it (start a new run with --name instead)")
     given = name is not None
     config = None if resume and given else load_space(space_path)  # resume reads the run's own snapshot
     run_name = check_run_name(name) if given else check_run_name(config.name or Path(space_path).stem, "name")
+    hint = shlex.join(["morf-search", "run", str(space_path), "--name", run_name, "--resume",
+                       *(["--runs", str(runs_root)] if Path(runs_root) != Path("runs") else [])])
+    return start_run(Path(runs_root) / run_name, None if resume else config, str(space_path), hint,
+                     shlex.join(["morf-search", *sys.argv[1:]]), engine=engine, address=address, trials=trials,
+                     seed=seed, workers=workers)
+
+
+def start_run(path: Path, config: Optional[SpaceFile], source: str, hint: str, command: str, *,
+              engine: Optional[str] = None, address: Optional[str] = None, trials: Optional[int] = None,
+              seed: Optional[int] = None, workers: Optional[int] = None,
+              data: Optional[CustomData] = None) -> RunOutcome:
+    """Start the run of ``config`` (from ``source``) at ``path``, or continue the one there when ``config`` is None,
+    owning it meanwhile; ``command`` is what started it, ``hint`` how its user continues it. The command line
+    and ``morf_search.Search`` meet here."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: {workers}; expected a positive number of training processes")
+    resume = config is None
+    if resume and (engine or trials or seed is not None):
+        raise UserError("--resume continues a run exactly as it started; --engine, --trials and --seed "
+                        "cannot change it (start a new run with --name instead)")
     if resume:
-        run = RunDir.open(runs_root / run_name)
+        run = RunDir.open(path)
     else:
         config = _with_overrides(config, engine, trials, seed)
-        backend = _check_before_creating(config, space_path)
-        run = RunDir(runs_root / run_name)
+        backend = _check_before_creating(config, source, data)
+        run = RunDir(path)
     with run.owned():
         if resume:
             run.verify_finished()
             run.adopt_location()
+            _check_same_data(run, data)
         else:
-            run = _create_run(run.path, config, space_path, backend)
-        hint = shlex.join(["morf-search", "run", str(space_path), "--name", run_name, "--resume",
-                           *(["--runs", str(runs_root)] if Path(runs_root) != Path("runs") else [])])
-        return _run_phases(RunContext(run), resume, address, hint, workers)
+            run = _create_run(run.path, config, source, command, backend, data)
+        return _run_phases(RunContext(run, data), resume, address, hint, workers)
 
 
-def _check_before_creating(config: SpaceFile, space_path: Path):
+def _check_before_creating(config: SpaceFile, source: str, data: Optional[CustomData]):
     """What can refuse a new run before its directory exists; returns the latency backend."""
     backend = get_backend(config.latency.backend)
     backend.environment()  # a backend that is not installed is refused before the run exists
-    if config.model.num_classes and config.data.known_classes() is None:  # a timm dataset: open it to know
-        check_dataset_classes(config, load_splits(config.data).num_classes, str(space_path))
+    if (config.data.dataset == CUSTOM_DATASET) != (data is not None):
+        raise UserError(NO_CUSTOM_DATA if data is None else
+                        f"{source}: data= was given, so data.dataset must be {CUSTOM_DATASET!r} "
+                        f"(it is {config.data.dataset!r})")
+    if config.model.num_classes and config.data.known_classes() is None:  # open the dataset to know
+        check_dataset_classes(config, load_splits(config.data, custom=data).num_classes, source)
     return backend
 
 
-def _create_run(path: Path, config: SpaceFile, space_path: Path, backend) -> RunDir:
-    snapshot = f"# resolved from {space_path} (defaults and command-line overrides applied)\n" + dump_space(config)
-    run = RunDir.create(path, snapshot, config.seed, command=shlex.join(["morf-search", *sys.argv[1:]]))
+def _create_run(path: Path, config: SpaceFile, source: str, command: str, backend,
+                data: Optional[CustomData]) -> RunDir:
+    snapshot = f"# resolved from {source} (defaults and command-line overrides applied)\n" + dump_space(config)
+    run = RunDir.create(path, snapshot, config.seed, command=command)
     setup = latency_setup(SearchSpace(config))
     with thread_count(setup.threads):
-        run.update_manifest(environment={**environment(setup.device), **backend.environment()})
+        run.update_manifest(environment={**environment(setup.device), **backend.environment()},
+                            **({"custom_data": data.fingerprint()} if data is not None else {}))
     return run
+
+
+def _check_same_data(run: RunDir, data: Optional[CustomData]) -> None:
+    """A run on datasets given from Python continues only on the same ones (same classes and sizes)."""
+    recorded = run.manifest().get("custom_data")
+    if recorded is None and data is None:
+        return
+    if recorded is None:
+        raise UserError(f"{run.path}: its space names its dataset ({run.load_space().data.dataset}); "
+                        "continue it without data=")
+    if data is None:
+        raise UserError(f"{run.path}: it trains on datasets given from Python; continue it with "
+                        "morf_search.Search.restore(path, data=CustomData(...)) holding the same data")
+    if data.fingerprint() != recorded:
+        raise UserError(f"{run.path}: data= differs from the datasets it started on (classes and sizes recorded "
+                        f"in manifest.json: {recorded['classes'][:5]}..., {recorded['train']} train and "
+                        f"{recorded['val']} val images)")
 
 
 def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint: str,

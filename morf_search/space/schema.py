@@ -30,8 +30,9 @@ EMBEDDED_MIN_IMAGE_SIZE = 24  # the embedded dataset's class is a 16 px displace
 EMBEDDED_NUM_CLASSES = 10  # its displacement directions (training.embedded; the layers below may not import it)
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "params": "min", "flops": "min"}
 ALGORITHMS = {"ray": ("random", "tpe", "nsga2"), "nni": ("random", "evolution", "tpe", "grid")}
+CUSTOM_DATASET = "custom"  # the train/val datasets come with the run from Python (morf_search.Search(data=...))
 DATASET_FORMS = ("embedded", "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH",
-                 "a timm dataset name such as torch/cifar10:ROOT")
+                 "a timm dataset name such as torch/cifar10:ROOT", f"{CUSTOM_DATASET} (datasets given from Python)")
 TIMM_DATASET_PREFIXES = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
 
 # What a space file may be: the shipped ones are 2-3 KB, 4 levels deep, a few hundred values.
@@ -164,7 +165,7 @@ class DataConfig(_Section):
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         kind, _, path = value.partition(":")
-        if value == "embedded":
+        if value in ("embedded", CUSTOM_DATASET):
             return value
         if kind in ("cifar10", "cifar100", "imagefolder"):
             if not path:

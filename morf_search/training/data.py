@@ -1,4 +1,4 @@
-"""Datasets and loaders: the embedded default, CIFAR pickles, ImageFolder trees, timm names.
+"""Datasets and loaders: the embedded default, CIFAR pickles, ImageFolder trees, timm names, your own.
 
 Every dataset resolves to a train and a validation split that return PIL images, so the
 transforms and augmentation come from timm's ``create_transform`` for all of them. Path
@@ -18,7 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset,
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..core.errors import UserError
-from ..space.schema import DataConfig
+from ..space.schema import CUSTOM_DATASET, DataConfig
 from .embedded import EMBEDDED_CLASSES, load_embedded
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -46,6 +46,32 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+@dataclass(frozen=True)
+class CustomData:
+    """Your own train and validation datasets for a run started from Python (``data.dataset: custom``).
+
+    Both are map-style datasets of ``(PIL image, class index)`` pairs, as torchvision's and timm's
+    datasets give without a transform: the space's ``data`` section adds timm's transforms to
+    them. ``mean``/``std`` default to ImageNet's unless the space sets them. They must pickle:
+    Ray ships them to the trial and training workers.
+    """
+
+    train: Dataset
+    val: Dataset
+    classes: Sequence[str]
+    mean: Tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: Tuple[float, float, float] = IMAGENET_DEFAULT_STD
+
+    def fingerprint(self) -> dict:
+        """What a run records of the data, so that resuming it with other data is refused."""
+        return {"classes": list(self.classes), "train": len(self.train), "val": len(self.val)}
+
+
+NO_CUSTOM_DATA = (f"data.dataset: {CUSTOM_DATASET!r} means datasets given from Python, as "
+                  "morf_search.Search(space, data=CustomData(train, val, classes)); a space file run from the "
+                  "command line names embedded, cifar10:PATH, cifar100:PATH, imagefolder:PATH or a timm dataset")
 
 
 class ArrayDataset(Dataset):
@@ -140,9 +166,13 @@ def _timm_dataset(spec: str, download: bool):
     return train, val, classes
 
 
-def _open(config: DataConfig, cache_dir: Optional[Path]):
+def _open(config: DataConfig, cache_dir: Optional[Path], custom: Optional[CustomData]):
     """The raw train and val datasets (PIL images out), class names, and normalization statistics."""
     kind, _, path = config.dataset.partition(":")
+    if kind == CUSTOM_DATASET:
+        if custom is None:
+            raise DataError(NO_CUSTOM_DATA)
+        return custom.train, custom.val, list(custom.classes), custom.mean, custom.std
     if kind == "embedded":
         e = config.embedded
         train, val = (ArrayDataset(*load_embedded(split, config.image_size, e.num_train, e.num_val, e.seed, cache_dir),
@@ -156,9 +186,11 @@ def _open(config: DataConfig, cache_dir: Optional[Path]):
     return (*_timm_dataset(config.dataset, config.download), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
-def load_splits(config: DataConfig, cache_dir: Optional[Path] = None) -> DataSplits:
-    """Open the configured dataset; train gets timm's training transforms, val and calibration eval ones."""
-    train, val, classes, mean, std = _open(config, cache_dir)
+def load_splits(config: DataConfig, cache_dir: Optional[Path] = None,
+                custom: Optional[CustomData] = None) -> DataSplits:
+    """Open the configured dataset (``custom``'s for ``data.dataset: custom``); train gets timm's training
+    transforms, val and calibration eval ones."""
+    train, val, classes, mean, std = _open(config, cache_dir, custom)
     mean, std = tuple(config.mean or mean), tuple(config.std or std)
     evaluation = eval_transform(config, mean, std)
     return DataSplits(Transformed(train, train_transform(config, mean, std)), Transformed(val, evaluation),
