@@ -37,7 +37,7 @@ HOSTILE = {
     "5000-digit integer": ("seed: " + "9" * 5000 + "\n").encode(),
 }
 EXPECTED = {
-    "binary": "a binary file, not YAML text",
+    "binary": "a binary file, not text",
     "latin-1": "not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8",
     "50 MB": "larger than the 1 MB limit for a space file",
     "100k-deep list": "not valid YAML",
@@ -192,7 +192,7 @@ def run(tmp_path):
 
 
 GARBLED_MANIFESTS = [
-    ("é".encode("latin-1") * 3, "not UTF-8 text (byte 0xe9 at offset 0)"),
+    ("é".encode("latin-1") * 3, "not UTF-8 text (byte 0xe9 on line 1)"),
     (b"[1, 2, 3]\n", "input should be a valid dictionary"),
     (b'{"phases": [], "files": {}}\n', "phases: input should be a valid dictionary"),
     (b'{"files": {}}\n', "phases: field required"),
@@ -211,7 +211,8 @@ def test_garbled_manifest_gives_one_line_naming_it(run, capsys, content, expecte
 def test_garbled_run_snapshot_gives_one_line_naming_it(run, capsys):
     run.space_file.write_bytes(b"\xff\xfe" + "seed: 0\n".encode("utf-16-le"))
     assert main(["report", str(run.path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {run.space_file}: a binary file, not YAML text"
+    assert capsys.readouterr().err.strip() == (f"error: {run.space_file}: not UTF-8 text (byte 0xff on line 1); "
+                                               "save it as UTF-8")
 
 
 FINALISTS_HEADER = "arch,accuracy_oneshot,accuracy_finetuned,latency_ms,train_latency_ms\n"
@@ -219,7 +220,7 @@ ARCH = "k3-static_k3-static_k3-static_k3-static"
 
 
 @pytest.mark.parametrize("content,expected", [
-    ((FINALISTS_HEADER + f"{ARCH},80,81,1.0,1.2\n").encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0)"),
+    ((FINALISTS_HEADER + f"{ARCH},80,81,1.0,1.2\n").encode("utf-16"), "not UTF-8 text (byte 0xff on line 1)"),
     (b"arch,latency_ms\nk3,1.0\n", "no column 'accuracy_oneshot', 'accuracy_finetuned', 'train_latency_ms'"),
     ((FINALISTS_HEADER + f"{ARCH},eighty,81,1.0,1.2\n").encode(), "a column holds values of the wrong type"),
     (b'arch,"accuracy\n', "not a readable CSV table"),
@@ -232,7 +233,7 @@ def test_garbled_finalists_csv_gives_one_line_naming_it(run, capsys, content, ex
 
 
 @pytest.mark.parametrize("content,expected", [
-    (b"\x80\x81", "not UTF-8 text (byte 0x80 at offset 0)"),
+    (b"\x80\x81", "not UTF-8 text (byte 0x80 on line 1)"),
     (b'{"stage": 0}', "input should be a valid list"),
     (b'[{"stage": 0, "routing": "soft"}]', "0.top_k: field required"),
 ])

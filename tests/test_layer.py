@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 from morf_search import DynamicMoRFConv2d, Expert, MoRFConv2d, total_balance_loss
+from morf_search.latency.cost import count_params
 from morf_search.layer.kernels import per_sample_conv2d, top1_conv2d
 from morf_search.layer.routing import dynamic_weights, load_balance_loss
 
@@ -117,6 +118,30 @@ def test_deploy_keeps_only_active_experts_and_they_still_match():
     x = torch.randn(3, CHANNELS, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(deploy(x), reference_forward(layer, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("routing", ["soft", "hard"])
+def test_deploy_state_dict_stores_each_expert_at_its_own_size_and_loads_padded_again(routing):
+    layer = make_layer([3, "3d2", 7], routing, CHANNELS).eval()
+    deploy = layer.fuse()
+    state = deploy.state_dict()
+    assert "bank" not in state
+    assert {key: tuple(state[key].shape[-2:]) for key in state if key.startswith("bank_")} == {
+        "bank_k3": (3, 3), "bank_k3d2": (3, 3), "bank_k7": (7, 7)}
+    stored = sum(t.numel() for t in state.values())
+    assert stored < sum(p.numel() for p in deploy.parameters())  # the padding zeros are not stored
+    assert count_params(deploy) == stored
+    fresh = make_layer([3, "3d2", 7], routing, CHANNELS).fuse()  # other weights, same shapes
+    fresh.load_state_dict(state)  # strict
+    assert torch.equal(fresh.bank, deploy.bank)  # padded (and dilated) back into place exactly
+    padded = dict(state, bank=deploy.bank.detach().clone())  # an export written before: a padded bank
+    for key in ("bank_k3", "bank_k3d2", "bank_k7"):
+        del padded[key]
+    older = make_layer([3, "3d2", 7], routing, CHANNELS).fuse()
+    older.load_state_dict(padded)
+    assert torch.equal(older.bank, deploy.bank)
+    with pytest.raises(RuntimeError, match="bank"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "bank_k7"})
 
 
 @pytest.mark.parametrize("routing", ROUTINGS)

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import pandas as pd
 import torch
@@ -69,19 +69,34 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_text(path: Path) -> str:
-    """A text file as strict UTF-8 (everything morf-search writes is)."""
+DAMAGED = "it is damaged or not the file morf-search wrote"
+
+
+def read_text(path: Path, *, max_bytes: Optional[int] = None, what: str = "this file", hint: str = DAMAGED,
+              error: type = CorruptFileError) -> str:
+    """A text file as strict UTF-8 (everything morf-search writes is), refused in one line naming it otherwise.
+
+    With ``max_bytes`` no more than that is read, so a huge file is refused whatever its size.
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(-1 if max_bytes is None else max_bytes + 1)
     except FileNotFoundError:
-        raise CorruptFileError(f"{path}: missing") from None
+        raise error(f"{path}: no such file") from None
     except OSError as err:
-        raise CorruptFileError(f"{path}: cannot read ({err.strerror})") from None
+        raise error(f"{path}: cannot read ({err.strerror})") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise error(f"{path}: larger than the {max_bytes // 1024 ** 2} MB limit for {what}") from None
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise CorruptFileError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                               "it is damaged or not the file morf-search wrote") from None
+        if b"\0" not in data[:err.start]:  # text in another encoding (latin-1, UTF-16 with its BOM)
+            line = data[:err.start].count(b"\n") + 1
+            raise error(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); {hint}") from None
+        text = "\0"
+    if "\0" in text:
+        raise error(f"{path}: a binary file, not text")
+    return text
 
 
 def read_json(path: Path, shape: Any = Any) -> Any:

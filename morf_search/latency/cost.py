@@ -7,9 +7,13 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layer.deploy import DynamicMoRFConv2d
+
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the model stores them: a routed deploy layer's experts each at their own size, not padded."""
+    padding = sum(layer.padding_numel() for layer in model.modules() if isinstance(layer, DynamicMoRFConv2d))
+    return sum(p.numel() for p in model.parameters()) - padding
 
 
 @torch.no_grad()

@@ -4,6 +4,10 @@ A static layer deploys to a plain ``nn.Conv2d``; soft and hard layers still choo
 kernel per sample, so they keep a router and a bank already padded to one size, which
 makes inference a router pass, one small matrix product and one convolution (top-1 hard
 routing skips the product: each sample takes its expert's kernel, at the expert's own size).
+The padding is zeros, so the state dict (and every export) stores each expert at its own
+size (``bank_k3``, ``bank_k5``, ``bank_k3d2``, ...) and loading pads them again: the file
+holds no zeros, and inference runs on the padded bank as before. ``state_dict(keep_vars=True)``,
+which tracing and ONNX export read to find the Parameters, keeps the padded one.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from .experts import ExpertLike, parse_experts
-from .kernels import dynamic_conv2d
+from .kernels import crop_kernel, dynamic_conv2d, stack_kernels
 from .routing import DYNAMIC_MODES, Router, check_top_k, dynamic_weights
 
 
@@ -49,6 +53,32 @@ class DynamicMoRFConv2d(nn.Module):
         self.bank = nn.Parameter(torch.zeros(num_experts, out_channels, in_channels // groups,
                                              kernel_size, kernel_size, **factory))
         self.bias_bank = nn.Parameter(torch.zeros(num_experts, out_channels, **factory)) if bias else None
+
+    def padding_numel(self) -> int:
+        """Entries of the bank that are padding (zeros in memory, not stored)."""
+        stored = sum(self.bank.shape[1] * self.bank.shape[2] * size ** 2 for size in self.expert_sizes)
+        return self.bank.numel() - stored
+
+    def _bank_keys(self, prefix: str) -> List[str]:
+        return [f"{prefix}bank_k{expert}" for expert in self.experts]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if keep_vars:  # tools that ask for the Parameters themselves (jit tracing, ONNX export) get the padded one
+            return
+        bank = destination.pop(prefix + "bank")
+        for index, key in enumerate(self._bank_keys(prefix)):
+            destination[key] = crop_kernel(bank[index], self.expert_sizes[index],
+                                           self.expert_dilations[index]).contiguous()  # safetensors saves no views
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        keys = self._bank_keys(prefix)
+        if prefix + "bank" not in state_dict and all(key in state_dict for key in keys):  # padded ones load as is
+            state_dict[prefix + "bank"] = stack_kernels([state_dict.pop(key) for key in keys], self.expert_sizes,
+                                                        self.expert_dilations)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample expert weights (B, E), e.g. for routing statistics."""

@@ -20,7 +20,7 @@ from timm.optim import list_optimizers
 
 from ..core.device import resolve_device
 from ..core.errors import UserError
-from ..core.fileio import first_line
+from ..core.fileio import first_line, read_text
 from ..layer.experts import Expert
 from ..layer.routing import ROUTING_MODES
 from ..models.registry import ModelFamily, get_family, list_families
@@ -564,28 +564,9 @@ def load_space(path: Union[str, Path]) -> SpaceFile:
     it is parsed or built, in bounded time and memory.
     """
     path = Path(path)
-    return parse_space(_read_yaml(path, _read_text(path)), str(path))
-
-
-def _read_text(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SPACE_FILE_BYTES + 1)  # never more than the limit, whatever the file's size
-    except FileNotFoundError:
-        raise SpaceFileError(f"{path}: no such file") from None
-    except OSError as err:
-        raise SpaceFileError(f"{path}: cannot read ({err.strerror})") from None
-    if len(data) > MAX_SPACE_FILE_BYTES:
-        raise SpaceFileError(f"{path}: larger than the {MAX_SPACE_FILE_BYTES // 1024 ** 2} MB limit for a space file "
-                             "(a space file is a few KB of YAML)")
-    if b"\0" in data:
-        raise SpaceFileError(f"{path}: a binary file, not YAML text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise SpaceFileError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
-                             "save it as UTF-8") from None
+    return parse_space(_read_yaml(path, read_text(
+        path, max_bytes=MAX_SPACE_FILE_BYTES, what="a space file (a space file is a few KB of YAML)",
+        hint="save it as UTF-8", error=SpaceFileError)), str(path))
 
 
 def _read_yaml(path: Path, text: str) -> Any:
