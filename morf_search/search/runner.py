@@ -112,7 +112,7 @@ class TrialRunner:
         a GPU when ``use_gpu``; defaults as ``distributed.train``'s) and a ``report`` means a Ray Tune trial:
         rank 0's epochs reach Tune directly instead (``report`` cannot travel to the workers), with the same
         metrics. Its resumable state lives in ``scratch`` while it trains (a restarted worker continues from
-        it) and is removed after (by the search when Tune stopped the trial first).
+        it) and is removed after (by the end of the next search when a kill left it).
         """
         context = self.context
         seed = self.config.seed if seed is None else seed
@@ -128,13 +128,12 @@ class TrialRunner:
             history = job(Replica(), report=report)
         else:
             name = f"standalone-{arch}-seed{seed}-{uuid.uuid4().hex[:8]}"
-            scratch = self.scratch / name
+            checkpoint = Checkpoint.in_dir(self.scratch / name, "standalone")
             try:
-                history = train(partial(job, checkpoint=Checkpoint.in_dir(scratch, "standalone")), workers,
-                                context.device, Checkpoint.in_dir(scratch, "standalone").state,
+                history = train(partial(job, checkpoint=checkpoint), workers, context.device, checkpoint.state,
                                 context.run.engine_dir, name, address, threads, use_gpu, to_tune=report is not None)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.rmtree(self.scratch / name, ignore_errors=True)
         last = history[-1]
         return TrialResult({**metrics, "accuracy": last["accuracy"]}, epochs=epochs,
                            routing=picked_routing_fields(last))

@@ -28,8 +28,8 @@ from ...core.errors import UserError
 from ...core.progress import say
 from ...core.ray_dirs import ray_session
 from ...models.arch import Arch
-from ...training.distributed import see_only_assigned_gpus
 from ...space.schema import OBJECTIVES
+from ...training.distributed import see_only_assigned_gpus
 from ..progress import SearchProgress
 from ..trials import TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
@@ -40,7 +40,7 @@ def _arch_of(config: dict, num_stages: int) -> Arch:
     return Arch.parse("_".join(config[p] for p in stage_params(num_stages)))
 
 
-def _trial(config: dict, context, resources: "TrialResources") -> None:
+def _trial(config: dict, context, resources: TrialResources) -> None:
     """A function trainable: evaluate one arch and report its objectives (after every epoch when standalone)."""
     import torch
 
@@ -207,5 +207,5 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
                                       verbose=0, callbacks=[recorder],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         tuner.fit()
-    context.runner.discard_scratch()  # what trials that Tune stopped before they cleaned up left
+    context.runner.discard_scratch()  # what the trials of a killed search left
     return SearchOutcome(len(TrialLog(run.trials_csv)), num_trials)
