@@ -8,15 +8,18 @@ import sys
 import tempfile
 import time
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from morf_search import phases
 from morf_search.context import RunContext
 from morf_search.core.fileio import load_state, load_weights
 from morf_search.finalists.finalize import Finalizer
 from morf_search.phases import train_supernet_phase
 from morf_search.rundir import RunDir
-from morf_search.search.engines import get_engine
+from morf_search.search.engines import SearchOutcome, get_engine
 from morf_search.search.trials import TrialLog
 from morf_search.space.schema import dump_space, parse_space
 from morf_search.training.distributed import Replica
@@ -133,3 +136,17 @@ def test_a_standalone_search_trains_each_trial_on_two_workers_and_tune_sees_ever
     assert list(trials["epochs"]) == [2, 2], "rank 0's report of each epoch reached Tune"
     assert len(list((context.run.engine_dir / "train").glob("standalone-*"))) == 2, "one TorchTrainer per trial"
     assert not (context.run.engine_dir / "standalone").exists(), "the trials' states are removed"
+
+
+def test_the_manifest_records_the_workers_of_a_standalone_search_and_of_the_finalists(tmp_path, monkeypatch):
+    run = tiny_run(tmp_path / "run", search={"evaluation": "standalone", "standalone_workers": 2},
+                   finalists={"workers": 3})
+    monkeypatch.setattr(phases, "warm_latency_table", lambda space, classes: 0)
+    monkeypatch.setattr(phases, "get_engine", lambda name: SimpleNamespace(search=lambda *args: SearchOutcome(0, 2)))
+    monkeypatch.setattr(phases, "run_finalists", lambda context, address: None)  # what it trains is tested above
+    context = RunContext(run)
+    assert phases._search_phase(context, False, None) == phases.STOPPED
+    phases._finalists_phase(context, None)
+    recorded = run.manifest()["phases"]
+    assert recorded["search"]["workers"] == 2 and recorded["finalists"]["workers"] == 3
+    assert recorded["finalists"]["device"] == str(context.device) and recorded["finalists"]["precision"]
