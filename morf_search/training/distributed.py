@@ -8,8 +8,7 @@ same batches one process would train on, so results depend on the worker count o
 float noise. Rank 0 alone commits the run's checkpoint, which is also what a worker that
 Ray Train restarts (``FailureConfig``) or a later ``--resume`` continues from, whatever the
 worker count was. Inside a Ray Tune trial (``standalone`` trials of
-``search.standalone_workers``) the trainer's epoch reports reach Tune as the trial's own,
-so ASHA still stops trials per epoch.
+``search.standalone_workers``) rank 0's epoch reports reach Tune as the trial's own.
 """
 from __future__ import annotations
 
