@@ -213,8 +213,8 @@ def _run_phases(context: RunContext, resume: bool, address: Optional[str], hint:
         f"{config.search.num_trials} trials, {config.search.evaluation} evaluation")
     phases = [("search", lambda: _search_phase(context, resume, address)),
               ("pareto", lambda: _pareto_phase(context)),
-              ("rank_check", lambda: _rank_check_phase(context)),
-              ("finalists", lambda: _finalists_phase(context)),
+              ("rank_check", lambda: _rank_check_phase(context, address)),
+              ("finalists", lambda: _finalists_phase(context, address)),
               ("report", lambda: _report_phase(context))]
     if config.search.evaluation == "oneshot":
         phases.insert(0, ("supernet", lambda: train_supernet_phase(context, workers, address)))
@@ -233,7 +233,8 @@ def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> 
     config, run = context.config, context.run
     run.update_manifest(classes=context.classes)
     if config.search.evaluation == "standalone":  # trials train with the supernet's recipe
-        run.set_phase("search", "running", **training_record(config.supernet, context.device))
+        run.set_phase("search", "running", **training_record(config.supernet, context.device,
+                                                             config.search.standalone_workers))
     measured = warm_latency_table(context.space, context.num_classes)
     if measured:
         say(f"latency table: measured {measured} new unit configurations")
@@ -247,11 +248,11 @@ def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> 
     if warned:
         say(f"routing: {warned} of {len(trials)} trials have a routed stage that does not really route "
             "(routing_warning in trials.csv)")
-    evaluate_references(context)
+    evaluate_references(context, address)
     return DONE
 
 
-def evaluate_references(context: RunContext) -> None:
+def evaluate_references(context: RunContext, address: Optional[str] = None) -> None:
     """Score the space's single-receptive-field archs (k3 everywhere, k5 everywhere, ...) for comparison."""
     references = context.space.single_field_references()
     if not references:
@@ -263,7 +264,7 @@ def evaluate_references(context: RunContext) -> None:
             continue
         say(f"reference {index}/{len(references)}: {arch}")
         started = time.perf_counter()
-        result = context.runner.evaluate(arch)
+        result = context.runner.evaluate(arch, address=address)
         log.append({**make_row(f"reference-{arch}", arch, result.metrics, result.status, result.message,
                                time.perf_counter() - started, "reference"),
                     "role": "single receptive field everywhere", "trained": context.config.search.evaluation})
@@ -280,7 +281,7 @@ def _pareto_phase(context: RunContext) -> str:
     return DONE
 
 
-def _rank_check_phase(context: RunContext) -> str:
+def _rank_check_phase(context: RunContext, address: Optional[str]) -> str:
     """Train ``search.rank_check`` archs spread over the front standalone; how well did one-shot rank them?"""
     config, run = context.config, context.run
     count = config.search.rank_check
@@ -296,7 +297,7 @@ def _rank_check_phase(context: RunContext) -> str:
     epochs = config.supernet.epochs
     for arch in picked:
         if arch not in trained:
-            result = context.runner.standalone(Arch.parse(arch), epochs=epochs)
+            result = context.runner.standalone(Arch.parse(arch), epochs=epochs, address=address)
             if result.status != "ok":  # re-measured over a constraint: it has no standalone accuracy
                 continue
             trained[arch] = result.metrics["accuracy"]
@@ -315,11 +316,11 @@ def _rank_check_phase(context: RunContext) -> str:
     return DONE
 
 
-def _finalists_phase(context: RunContext) -> str:
+def _finalists_phase(context: RunContext, address: Optional[str]) -> str:
     finalists = context.config.finalists
     if finalists.top_k or finalists.latency_budgets:
-        context.run.set_phase("finalists", "running", **training_record(finalists, context.device))
-        run_finalists(context)
+        context.run.set_phase("finalists", "running", **training_record(finalists, context.device, finalists.workers))
+        run_finalists(context, address)
     return DONE
 
 

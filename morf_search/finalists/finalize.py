@@ -9,12 +9,14 @@ family's own default network (ConvNeXt: 7x7 everywhere; ResNet: 3x3 everywhere) 
 each finalist, the single-receptive-field arch of the space nearest to it in latency. A
 baseline inside the space is fine-tuned from the supernet exactly like a finalist; one
 outside it is trained from scratch for the supernet's plus the fine-tuning epochs. All are
-timed with the same latency setup.
+timed with the same latency setup. Every training runs on ``finalists.workers`` processes
+(Ray Train when more than 1, in one Ray session for the whole phase).
 """
 from __future__ import annotations
 
 import random
 import statistics
+from functools import partial
 from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
@@ -27,6 +29,7 @@ from ..latency.cost import count_flops, count_params
 from ..latency.measurement import measure
 from ..models.arch import Arch
 from ..search.trials import TrialLog
+from ..training.distributed import Replica, session, train
 from ..training.evaluate import recalibrate_batchnorm, top1_accuracy
 from ..training.loop import Checkpoint, fit
 from ..training.routing_stats import routing_statistics
@@ -48,8 +51,8 @@ def mean_and_spread(values: Sequence[float]) -> tuple:
 class Finalizer:
     """Fine-tunes, checks, times and exports archs of one run, sharing data and supernet across them."""
 
-    def __init__(self, context):
-        self.context = context
+    def __init__(self, context, address: Optional[str] = None):
+        self.context, self.address = context, address
         self.run, self.config, self.space = context.run, context.config, context.space
         self.device, self.setup = context.device, context.latency_setup
         self.val = context.val_batches
@@ -59,24 +62,23 @@ class Finalizer:
         return [self.config.seed + i for i in range(self.config.finalists.seeds)]
 
     def starting_model(self, arch: Arch) -> torch.nn.Module:
-        """Inherited supernet weights (BatchNorm re-estimated where the family has it), or a fresh model."""
-        supernet = self.context.supernet
-        if supernet is None:
-            return self.space.build_model(arch, self.context.num_classes).to(self.device)
-        model = supernet.extract(arch)
-        if self.context.calibration_batches:
-            recalibrate_batchnorm(model, self.context.calibration_batches, self.device)
-        return model
+        return starting_model(self.context, arch)
 
     def fine_tune(self, arch: Arch, epochs: int, seed: int) -> torch.nn.Module:
         """``arch`` from the supernet's weights, fine-tuned with ``finalists``' recipe (resumable per seed)."""
         model = self.starting_model(arch)
         if epochs:
             name = "finetune" if seed == self.config.seed else f"finetune-seed{seed}"
-            fit(model, self.context.train_loader(seed), self.config.finalists, self.device,
-                checkpoint=Checkpoint.in_dir(self.run.finalist_dir(arch), name), seed=seed, epochs=epochs,
-                label=f"fine-tune {arch} (seed {seed})")
+            self._train(partial(_fine_tune, self.context, arch, epochs, seed), model, arch, name)
         return model.eval()
+
+    def _train(self, job, model: torch.nn.Module, arch: Arch, name: str) -> None:
+        """Run ``job`` (a training of ``arch`` committed to its ``name`` checkpoint) on ``finalists.workers``
+        processes, then load what it committed into ``model``."""
+        checkpoint = Checkpoint.in_dir(self.run.finalist_dir(arch), name)
+        train(partial(job, checkpoint), self.config.finalists.workers, self.device, checkpoint.state,
+              self.run.engine_dir, f"{name}-{arch}", self.address)
+        checkpoint.restore(model, self.device)
 
     def deploy(self, arch: Arch, model: torch.nn.Module) -> torch.nn.Module:
         """The re-parameterized network, built by timm's factory, with ``model``'s weights."""
@@ -165,11 +167,8 @@ class Finalizer:
             if like_a_finalist:
                 model = self.fine_tune(arch, epochs, seed)
             else:
-                torch.manual_seed(seed)
                 model = self.space.build_model(arch, context.num_classes).to(self.device)
-                fit(model, context.train_loader(seed), config.supernet, self.device, seed=seed, epochs=epochs,
-                    checkpoint=Checkpoint.in_dir(self.run.finalist_dir(arch), f"scratch-seed{seed}"),
-                    label=f"baseline {arch} (seed {seed})")
+                self._train(partial(_from_scratch, context, arch, epochs, seed), model, arch, f"scratch-seed{seed}")
             accuracy = top1_accuracy(model.eval(), self.val, self.device)
             deployed = self.deploy(arch, model)
             size = config.data.image_size
@@ -178,6 +177,33 @@ class Finalizer:
                          "latency_ms": measure(deployed, self.setup).latency_ms, "params": count_params(deployed),
                          "flops": count_flops(deployed, (3, size, size)), "status": "ok", "engine": "baseline"})
         return rows
+
+
+def starting_model(context, arch: Arch) -> torch.nn.Module:
+    """Inherited supernet weights (BatchNorm re-estimated where the family has it), or a fresh model."""
+    supernet = context.supernet
+    if supernet is None:
+        return context.space.build_model(arch, context.num_classes).to(context.device)
+    model = supernet.extract(arch)
+    if context.calibration_batches:
+        recalibrate_batchnorm(model, context.calibration_batches, context.device)
+    return model
+
+
+def _fine_tune(context, arch: Arch, epochs: int, seed: int, checkpoint: Checkpoint, replica: Replica) -> List[dict]:
+    """One replica's fine-tuning of ``arch`` with ``finalists``' recipe (picklable: Ray Train workers run it)."""
+    torch.manual_seed(seed)  # a fresh model (no supernet) starts alike in every replica and every start
+    model = starting_model(context, arch)
+    return fit(model, context.train_loader(seed), context.config.finalists, context.device, checkpoint=checkpoint,
+               seed=seed, epochs=epochs, label=f"fine-tune {arch} (seed {seed})", replica=replica)
+
+
+def _from_scratch(context, arch: Arch, epochs: int, seed: int, checkpoint: Checkpoint, replica: Replica) -> List[dict]:
+    """One replica's from-scratch baseline training with the supernet's recipe."""
+    torch.manual_seed(seed)
+    model = context.space.build_model(arch, context.num_classes).to(context.device)
+    return fit(model, context.train_loader(seed), context.config.supernet, context.device, checkpoint=checkpoint,
+               seed=seed, epochs=epochs, label=f"baseline {arch} (seed {seed})", replica=replica)
 
 
 def family_default(space) -> Arch:
@@ -195,8 +221,9 @@ def nearest_single_field(space, finalist: Arch, latency, limit: int = 64) -> Opt
     return min(candidates, key=lambda arch: abs(latency(arch) - target)) if candidates else None
 
 
-def run_finalists(context) -> pd.DataFrame:
-    """The run's finalists phase: select, finalize each not yet in finalists.csv, then train the baselines."""
+def run_finalists(context, address: Optional[str] = None) -> pd.DataFrame:
+    """The run's finalists phase: select, finalize each not yet in finalists.csv, then train the baselines
+    (their trainings on Ray Train workers at ``address`` when ``finalists.workers`` is more than 1)."""
     run = context.run
     chosen = select_finalists(TrialLog(run.trials_csv).frame(), context.config)
     path = run.finalists_csv
@@ -204,7 +231,12 @@ def run_finalists(context) -> pd.DataFrame:
     if chosen.empty:
         say("finalists: no feasible architecture on the front")
         return done
-    finalizer = Finalizer(context)
+    with session(context.config.finalists.workers, run.engine_dir, address):
+        return _finalize_all(context, Finalizer(context, address), chosen, done)
+
+
+def _finalize_all(context, finalizer: Finalizer, chosen: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
+    run, path = context.run, context.run.finalists_csv
     rows = done.to_dict("records")
     for index, arch_text in enumerate(chosen["arch"], 1):
         if arch_text in set(done["arch"]):

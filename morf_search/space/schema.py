@@ -294,6 +294,7 @@ class TrainingConfig(_Section):
     balance_loss_weight: float = Field(0.01, ge=0, description="weight of the hard-routing load-balance loss")
     precision: Literal[PRECISIONS] = Field(
         "auto", description="autocast dtype; auto: bf16 on a CUDA device that supports it, else fp32")
+    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @field_validator("optimizer")
     @classmethod
@@ -317,7 +318,6 @@ class SupernetConfig(TrainingConfig):
     tau: float = Field(1.0, gt=0, description="router softmax temperature")
     gumbel: bool = Field(False, description="Gumbel noise for hard routing during training")
     bn_calibration_batches: int = Field(20, gt=0, description="ResNet: batches to re-estimate BN statistics per arch")
-    workers: int = Field(1, gt=0, description="data-parallel training processes (Ray Train); 1 trains in-process")
 
     @model_validator(mode="after")
     def _shrink_within_epochs(self):
@@ -338,6 +338,8 @@ class SearchConfig(_Section):
         default_factory=dict, description="upper bounds, e.g. {latency_ms: 5.0}")
     evaluation: Literal["oneshot", "standalone"] = "oneshot"
     standalone_epochs: int = Field(3, gt=0, description="standalone mode: epochs per trial (ASHA stops poor ones)")
+    standalone_workers: int = Field(
+        1, gt=0, description="standalone mode: Ray Train workers each trial trains on; 1 trains in the trial's process")
     concurrency: Optional[int] = Field(None, gt=0, description="parallel trials; default: from the trials' resources")
     gpus_per_trial: Optional[float] = Field(
         None, ge=0, description="Ray engine: GPUs each trial requests (fractions share one); default: on a CUDA "
@@ -353,6 +355,9 @@ class SearchConfig(_Section):
                                             f"expected one of {', '.join(ALGORITHMS[self.engine])}")
         if any(v <= 0 for v in self.constraints.values()):
             raise _field_error("constraints", "bounds must be positive")
+        if self.standalone_workers > 1 and self.engine != "ray":
+            raise _field_error("standalone_workers", f"{self.standalone_workers} needs the ray engine (NNI trains "
+                                                     "its trials one by one in this process)")
         return self
 
 

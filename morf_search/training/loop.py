@@ -111,7 +111,8 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
     existing ``checkpoint`` is resumed; one for a finished run returns its history.
     Forward passes run under ``config.precision``'s autocast, fp16 with a grad scaler.
     A Ray Train ``replica`` trains its slice of each batch under DDP; rank 0 alone evaluates
-    and commits the checkpoint, and every epoch checks that all ranks trained the same archs.
+    and commits the checkpoint, every epoch checks that all ranks trained the same archs, and
+    every rank then reports the epoch (``Replica.report``).
     """
     epochs = config.epochs if epochs is None else epochs
     precision = training_precision(config, device)
@@ -182,6 +183,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             record["arch_digest"] = digests[0]
         if replica.rank:
             history.append(record)
+            replica.report(record)
             continue
         if evaluate is not None:
             record.update(evaluate(model))
@@ -193,6 +195,7 @@ def fit(model: nn.Module, loader: DataLoader, config: TrainingConfig, device: to
             checkpoint.commit(model, {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                       "rng": rng.getstate(),
                                       "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1})
+        replica.report(record)  # after the commit: an epoch that Tune (ASHA) saw is one that a restart keeps
     return history
 
 

@@ -11,7 +11,6 @@ an existing cluster instead.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +29,7 @@ from ...core.progress import say
 from ...core.ray_dirs import ray_session
 from ...models.arch import Arch
 from ...space.schema import OBJECTIVES
+from ...training.distributed import see_only_assigned_gpus
 from ..progress import SearchProgress
 from ..trials import TrialLog, make_row, picked_routing_fields
 from . import SearchOutcome
@@ -40,26 +40,19 @@ def _arch_of(config: dict, num_stages: int) -> Arch:
     return Arch.parse("_".join(config[p] for p in stage_params(num_stages)))
 
 
-def _see_only_assigned_gpus() -> None:
-    """Ray sets CUDA_VISIBLE_DEVICES for a trial it gave GPUs, but leaves it unset for one it gave none,
-    which would then use every GPU of its node: hide them (before anything in this worker starts CUDA)."""
-    if not ray.get_gpu_ids():
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-
-def _trial(config: dict, context, threads: int) -> None:
+def _trial(config: dict, context, resources: TrialResources) -> None:
     """A function trainable: evaluate one arch and report its objectives (after every epoch when standalone)."""
     import torch
 
-    _see_only_assigned_gpus()
-    torch.set_num_threads(threads)
+    see_only_assigned_gpus()
+    torch.set_num_threads(resources.cpus)
     arch = _arch_of(config, len(context.space.stages))
     started = time.perf_counter()
 
     def report(metrics, status="ok", message=""):
         tune.report({**metrics, "status": status, "message": message, "seconds": time.perf_counter() - started})
 
-    result = context.runner.evaluate(arch, report=report)
+    result = context.runner.evaluate(arch, report=report, threads=resources.cpus, use_gpu=resources.gpus > 0)
     if result.epochs is None:  # nothing was reported per epoch: one-shot, or infeasible before training
         report({**result.metrics, **result.routing}, result.status, result.message)
 
@@ -119,28 +112,51 @@ def _sampler(algorithm: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
+# What a trial that drives a TorchTrainer asks for itself (Tune refuses a trial that asks for nothing): no CPU,
+# since it only waits for its workers, which ask for their own, and counting it would leave a 2-core machine
+# one CPU short of a 2-worker trial; the memory its process holds (the run's context: model, data) instead.
+DRIVER_MEMORY = 256 * 2**20
+
+
 @dataclass(frozen=True)
 class TrialResources:
-    """What each trial requests from Ray, and how many run at once."""
+    """What each process that trains in a trial requests from Ray, and how many trials run at once.
+
+    ``workers`` > 1 (``search.standalone_workers``): ``cpus`` and ``gpus`` are each Ray Train worker's, and
+    the trial itself, their driver, asks only for ``DRIVER_MEMORY``; otherwise they are the trial's own.
+    """
 
     cpus: int
     gpus: float
     concurrency: int
+    workers: int = 1
 
     @classmethod
     def plan(cls, search_cfg, device: str, cluster: Dict[str, float]) -> "TrialResources":
         """GPUs where the run may use CUDA and the cluster has them (a standalone trial trains a network, so
-        it gets one; a one-shot trial only evaluates, so four share one); as many trials at once as the GPUs
-        hold, else a quarter of the CPUs; each trial's torch threads share the CPUs evenly."""
+        it gets one per training process; a one-shot trial only evaluates, so four share one); as many trials
+        at once as the GPUs hold, else as give each training process four CPUs; the CPUs are shared evenly."""
+        standalone = search_cfg.evaluation == "standalone"
+        workers = search_cfg.standalone_workers if standalone else 1
         cpus, gpus_total = max(1, int(cluster.get("CPU", 1))), float(cluster.get("GPU", 0))
         gpus = search_cfg.gpus_per_trial
         if gpus is None:
             may_use_cuda = device == "auto" or device.startswith("cuda")
-            gpus = (1.0 if search_cfg.evaluation == "standalone" else 0.25) if may_use_cuda and gpus_total else 0.0
+            gpus = (1.0 * workers if standalone else 0.25) if may_use_cuda and gpus_total else 0.0
         if gpus > gpus_total:
             raise UserError(f"search.gpus_per_trial: {gpus:g} is more than the {gpus_total:g} GPUs of the cluster")
-        concurrency = search_cfg.concurrency or (max(1, int(gpus_total // gpus)) if gpus else max(1, cpus // 4))
-        return cls(max(1, cpus // concurrency), gpus, concurrency)
+        if workers > 1 and gpus not in (0, workers):  # DDP over NCCL: one rank per GPU, one GPU per rank
+            raise UserError(f"search.gpus_per_trial: {gpus:g} for {workers} standalone_workers; expected 0 or "
+                            f"{workers} (one GPU per worker)")
+        concurrency = search_cfg.concurrency or (max(1, int(gpus_total // gpus)) if gpus
+                                                 else max(1, cpus // (4 * workers)))
+        return cls(max(1, cpus // (concurrency * workers)), gpus / workers, concurrency, workers)
+
+    def trial_request(self) -> Dict[str, float]:
+        """``tune.with_resources``' request for the trial's own process."""
+        if self.workers > 1:
+            return {"cpu": 0, "memory": DRIVER_MEMORY}
+        return {"cpu": self.cpus, "gpu": self.gpus}
 
 
 def _experiment_name(engine_dir: Path) -> str:
@@ -169,13 +185,17 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
         resources = TrialResources.plan(search_cfg, space.config.device, ray.cluster_resources())
         concurrency = resources.concurrency
         standalone = search_cfg.evaluation == "standalone"
-        trainable = tune.with_resources(tune.with_parameters(_trial, context=context, threads=resources.cpus),
-                                        {"cpu": resources.cpus, "gpu": resources.gpus})
+        trainable = tune.with_resources(tune.with_parameters(_trial, context=context, resources=resources),
+                                        resources.trial_request())
         searcher = OptunaSearch(metric=objectives, mode=[OBJECTIVES[o] for o in objectives], storage=storage,
                                 study_name=STUDY_NAME,
                                 sampler=PerTrialSeeded(partial(_sampler, search_cfg.algorithm), seed))
+        # Not for trials on workers: a trial Tune stops is killed, and Ray Train frees a killed trainer's
+        # placement group only through Ray's state API (the dashboard, which the run's Ray does not start), so
+        # the CPUs and GPUs of every trial ASHA stopped would stay taken. Those trials train all their epochs.
         scheduler = (ASHAScheduler(metric="accuracy", mode="max", max_t=search_cfg.standalone_epochs,
-                                   grace_period=1, reduction_factor=2) if standalone else None)
+                                   grace_period=1, reduction_factor=2) if standalone and resources.workers == 1
+                     else None)
         recorder = TrialRecorder(run.trials_csv, len(space.stages),
                                  search_cfg.standalone_epochs if standalone else None, num_trials)
         tuner = tune.Tuner(
@@ -187,4 +207,5 @@ def search(context, num_trials: int, seed: int, resume: bool, address: Optional[
                                       verbose=0, callbacks=[recorder],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         tuner.fit()
+    context.runner.discard_scratch()  # what the trials of a killed search left
     return SearchOutcome(len(TrialLog(run.trials_csv)), num_trials)
