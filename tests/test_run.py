@@ -1,6 +1,7 @@
 """`morf-search run` end to end with Ray Tune: run directory, resume after kill -9, errors, cluster."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 from test_data import write_cifar10
+
+from morf_search.core.ray_dirs import stop_leftover_ray
 
 TRIALS = 6
 
@@ -175,8 +178,9 @@ def test_search_through_an_existing_ray_cluster(tmp_path, cifar):
         trials = pd.read_csv(tmp_path / "runs" / "cluster" / "trials.csv")
         assert len(trials) == 4 and (trials["status"] == "ok").all()
         assert not (tmp_path / "runs" / "cluster" / "engine" / "ray-tmp").exists(), "a joined cluster keeps its own temp"
-    finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    finally:  # this cluster only (`ray stop` would stop every Ray on the machine, other tests' included)
+        stop_leftover_ray(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_standalone_evaluation_trains_each_trial_with_asha(tmp_path, cifar):
