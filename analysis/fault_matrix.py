@@ -166,6 +166,15 @@ def fingerprint(run: Path) -> dict:
     }
 
 
+def wrong_trials(run: Path, reference: dict) -> bool:
+    """Whether a run that ended in an error recorded trials first that the reference does not have."""
+    try:
+        trials = pd.read_csv(run / "trials.csv")
+    except (OSError, ValueError):  # absent, or the damaged file itself
+        return False
+    return not set(zip(trials["arch"], trials["accuracy"])) <= set(reference["trials"])
+
+
 def tree_digest(run: Path) -> str:
     """A hash of every file of a run but Ray's scratch folder (sockets, logs of processes still going)."""
     digest = hashlib.sha256()
@@ -205,7 +214,9 @@ def judge(commands: List[Command], run: Optional[Path], matrix: Matrix, cell: Ce
     last = commands[-1]
     if last.clear_error:
         cell.notes.append(f"clear error: {last.error}")
-        outcome = "clear error"
+        outcome = "lost data" if run is not None and wrong_trials(run, matrix.reference) else "clear error"
+        if outcome == "lost data":
+            cell.notes.append("the error came after trials the reference does not have were recorded")
     elif last.code == 0 and run is not None:
         different = [key for key, value in fingerprint(run).items() if value != matrix.reference[key]]
         outcome = "lost data" if different else "finished identically"
