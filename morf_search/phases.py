@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -238,8 +239,14 @@ def _search_phase(context: RunContext, resume: bool, address: Optional[str]) -> 
     measured = warm_latency_table(context.space, context.num_classes)
     if measured:
         say(f"latency table: measured {measured} new unit configurations")
-    outcome = get_engine(config.search.engine).search(context, config.search.num_trials,
-                                                      config.search.seed or config.seed, resume, address)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        outcome = get_engine(config.search.engine).search(context, config.search.num_trials,
+                                                          config.search.seed or config.seed, resume, address)
+    finally:  # Ray Tune leaves its Ctrl-C handler installed after a search, and it only sets a flag no one reads
+        for signum, handler in handlers.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
     run.record_files(run.trials_csv)
     if not outcome.finished:
         return STOPPED

@@ -3,9 +3,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -134,3 +136,26 @@ def test_written_files_follow_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_ctrl_c_after_the_search_still_stops_the_run(searched):
+    """Ray Tune leaves its own SIGINT handler (which only sets a flag) installed once a search ended."""
+    root = searched
+    (root / "ctrl-c").mkdir()
+    path = space_file(root / "ctrl-c", root / "cifar", finalists={"top_k": 0},
+                      search={"num_trials": 2, "algorithm": "random", "concurrency": 1, "rank_check": 2})
+    env = {**os.environ, "MORF_SEARCH_CACHE": str(root / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "morf_search", "run", str(path), "--name", "ctrl-c"], cwd=root,
+                               env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    manifest, deadline = root / "runs" / "ctrl-c" / "manifest.json", time.time() + 300
+    while not (manifest.exists() and json.loads(manifest.read_text())["phases"].get("search", {}).get("status")
+               == "done"):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGSTOP)  # Ctrl-C lands right after the search, before the rank check ends
+    os.killpg(process.pid, signal.SIGINT)
+    os.kill(process.pid, signal.SIGCONT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "stopped; continue with:" in stderr
+    assert "stopped" in {entry["status"] for entry in json.loads(manifest.read_text())["phases"].values()}

@@ -142,15 +142,22 @@ def test_kill_between_an_epochs_weights_and_its_state_loses_only_that_epoch(tmp_
         torch.testing.assert_close(on_disk[name], value, msg=f"{name}: supernet.safetensors is not the last epoch's")
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("damage, message", [("truncated", "cannot be read back"),
+                                             ("garbled", r"damaged \(.* fails its CRC check\)")])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage, message):
     from morf_search.core.fileio import CorruptFileError
 
     space = SearchSpace(tiny_space(tmp_path))
     with pytest.raises(Killed):
         _train(space, tmp_path / "run", kill_in_epoch=2)
     state = tmp_path / "run" / "supernet.state.pt"
-    state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(CorruptFileError, match="supernet.state.pt: cannot be read back"):
+    data = bytearray(state.read_bytes())
+    if damage == "truncated":
+        del data[100:]
+    else:  # the archive still opens; the weights in its middle are garbage (torch.load would take them)
+        data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64
+    state.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=f"supernet.state.pt: {message}"):
         _train(space, tmp_path / "run")
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -168,11 +169,15 @@ def save_state(path: Path, state: Dict[str, Any]) -> Path:
 
 def load_state(path: Path) -> Dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:  # torch.load does not check the CRCs its archive records
+            damaged = archive.testzip()
+        if damaged is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CorruptFileError(f"{path}: missing") from None
     except Exception as err:  # unpickling a damaged file fails in many ways
         raise CorruptFileError(f"{path}: cannot be read back ({type(err).__name__}: {err})") from None
+    raise CorruptFileError(f"{path}: damaged ({damaged} in it fails its CRC check); delete it to train from the start")
 
 
 def file_hash(path: Path) -> str:
