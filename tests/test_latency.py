@@ -36,10 +36,14 @@ class ThreadSpy(nn.Module):
 
 
 def test_measurement_records_setup_environment_and_restores_threads():
-    spy = ThreadSpy()
-    before = torch.get_num_threads()
-    result = measure(spy, LatencySetup(input_size=(3, 8, 8), threads=1, rounds=3, round_seconds=0.005), deploy=False)
-    assert torch.get_num_threads() == before
+    spy, original = ThreadSpy(), torch.get_num_threads()
+    torch.set_num_threads(2)  # not the measurement's count, so that restoring it shows
+    try:
+        result = measure(spy, LatencySetup(input_size=(3, 8, 8), threads=1, rounds=3, round_seconds=0.005),
+                         deploy=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
     assert result.median_ms > 0 and result.p90_ms >= result.median_ms * 0.5 and result.spread >= 0
     assert result.setup["threads"] == 1 and result.setup["batch_size"] == 1
     assert {"cpu", "torch", "threads", "device"} <= set(result.environment)
