@@ -138,6 +138,11 @@ def test_written_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
 
 
+def _ctrl_c_as_in_a_shell():
+    """pytest-xdist's workers ignore SIGINT, and children inherit that; a terminal's command does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_after_the_search_still_stops_the_run(searched):
     """Ray Tune leaves its own SIGINT handler (which only sets a flag) installed once a search ended."""
     root = searched
@@ -146,7 +151,8 @@ def test_ctrl_c_after_the_search_still_stops_the_run(searched):
                       search={"num_trials": 2, "algorithm": "random", "concurrency": 1, "rank_check": 2})
     env = {**os.environ, "MORF_SEARCH_CACHE": str(root / "cache")}
     process = subprocess.Popen([sys.executable, "-m", "morf_search", "run", str(path), "--name", "ctrl-c"], cwd=root,
-                               env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=_ctrl_c_as_in_a_shell)
     manifest, deadline = root / "runs" / "ctrl-c" / "manifest.json", time.time() + 300
     while not (manifest.exists() and json.loads(manifest.read_text())["phases"].get("search", {}).get("status")
                == "done"):
