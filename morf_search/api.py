@@ -103,8 +103,9 @@ class SearchResults:
 
     path: Path
 
-    @property
+    @cached_property
     def run(self) -> RunDir:
+        """The run directory, its manifest read once (the results are one snapshot of the run)."""
         return RunDir.open(self.path)
 
     @property
